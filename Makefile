@@ -1,0 +1,48 @@
+# The two commands of the README: `make demo` and `make test`. Both create .venv from requirements.txt.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
+DATA := data/raw/loans.csv
+OUT := data/output
+AS_OF := 2020-12-31
+
+.PHONY: install prereqs demo sample features test lint bench clean
+
+install: $(STAMP)
+
+prereqs:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed, found " + sys.version.split()[0])'
+	@command -v java >/dev/null || { echo "Java 17+ is needed (java not found on PATH)"; exit 1; }
+	@java -version 2>&1 | awk -F'"' '/version/ { split($$2, v, "."); if (v[1] < 17) { print "Java 17+ is needed, found " $$2; exit 1 } }'
+
+$(STAMP): requirements.txt | prereqs
+	rm -f $(VENV)/.installed-*
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+# Sample data shaped like the original (36,457 clients, ~780k loans) plus a few bad and odd rows.
+$(DATA): | install
+	$(PY) -m datagen --output $(DATA) --dirty
+
+sample: $(DATA)
+
+features: install $(DATA)
+	./spark-submit.sh features --input $(DATA) --output $(OUT) --as-of $(AS_OF)
+
+demo: features
+	@$(PY) -m spark_jobs.report $(OUT)
+
+test: install lint
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+bench: install
+	$(PY) bench/bench_features.py
+
+clean:
+	rm -rf data var bench/results

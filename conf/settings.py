@@ -1,0 +1,142 @@
+"""Load `conf/settings.toml` into a typed, frozen object.
+
+Order of precedence, lowest first: the file (or the one named by `CREDIT_SETTINGS`), then
+environment variables `CREDIT_<SECTION>_<KEY>`. Command arguments are applied by each job on top.
+A missing key, an unknown key or a value of the wrong type fails at start-up with a `SettingsError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import tomllib
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any, get_type_hints
+
+ENV_PREFIX = "CREDIT_"
+SETTINGS_ENV = "CREDIT_SETTINGS"
+
+
+class SettingsError(ValueError):
+    """A settings value is missing, unknown or of the wrong type."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SparkSettings:
+    app_name: str
+    shuffle_partitions: int
+
+
+@dataclasses.dataclass(frozen=True)
+class FeaturesSettings:
+    input: str
+    output: str
+    as_of: dt.date | None
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleSettings:
+    output: str
+    clients: int
+    seed: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    spark: SparkSettings
+    features: FeaturesSettings
+    sample: SampleSettings
+
+
+def parse_date(text: str) -> dt.date:
+    """Parse an ISO `yyyy-MM-dd` date, naming the value on failure."""
+    try:
+        if len(text) != 10:
+            raise ValueError
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise SettingsError(f"not a yyyy-MM-dd date: {text!r}") from None
+
+
+def _convert(where: str, value: Any, kind: Any) -> Any:
+    """Convert a file or environment value to the field's declared type."""
+    if kind is str:
+        if not isinstance(value, str):
+            raise SettingsError(f"{where}: expected text, got {value!r}")
+        return value
+    if kind is int:
+        if isinstance(value, bool):
+            raise SettingsError(f"{where}: expected a whole number, got {value!r}")
+        if isinstance(value, int):
+            return value
+        try:
+            return int(str(value).strip())
+        except ValueError:
+            raise SettingsError(f"{where}: expected a whole number, got {value!r}") from None
+    if kind is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise SettingsError(f"{where}: expected a number, got {value!r}") from None
+    if kind == (dt.date | None):
+        if value in ("", None):
+            return None
+        if isinstance(value, dt.date):
+            return value
+        try:
+            return parse_date(str(value))
+        except SettingsError as exc:
+            raise SettingsError(f"{where}: {exc}") from None
+    raise SettingsError(f"{where}: unsupported settings type {kind!r}")
+
+
+def _build(cls: type, section: str, values: Mapping[str, Any], env: Mapping[str, str]) -> Any:
+    """Build one settings section from the file's table and the environment."""
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise SettingsError(f"[{section}]: unknown key(s) {sorted(unknown)}")
+    kwargs = {}
+    for name in names:
+        env_name = f"{ENV_PREFIX}{section}_{name}".upper()
+        if env_name in env:
+            kwargs[name] = _convert(env_name, env[env_name], hints[name])
+        elif name in values:
+            kwargs[name] = _convert(f"[{section}] {name}", values[name], hints[name])
+        else:
+            raise SettingsError(f"[{section}]: missing key {name!r}")
+    return cls(**kwargs)
+
+
+def _read_file(path: str | None) -> dict[str, Any]:
+    try:
+        if path:
+            text = Path(path).read_text(encoding="utf-8")
+        else:
+            text = resources.files("conf").joinpath("settings.toml").read_text(encoding="utf-8")
+        return tomllib.loads(text)
+    except FileNotFoundError:
+        raise SettingsError(f"settings file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"settings file {path or 'conf/settings.toml'} is not valid TOML: {exc}") from None
+
+
+def load_settings(path: str | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Load the settings file (default: `CREDIT_SETTINGS` or `conf/settings.toml`) and the environment."""
+    env = os.environ if env is None else env
+    data = _read_file(path or env.get(SETTINGS_ENV))
+    hints = get_type_hints(Settings)
+    unknown = set(data) - set(hints)
+    if unknown:
+        raise SettingsError(f"unknown settings section(s) {sorted(unknown)}")
+    sections = {}
+    for section, cls in hints.items():
+        table = data.get(section, {})
+        if not isinstance(table, dict):
+            raise SettingsError(f"[{section}] must be a table")
+        sections[section] = _build(cls, section, table, env)
+    return Settings(**sections)

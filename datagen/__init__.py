@@ -1,0 +1,1 @@
+"""Deterministic sample data shaped like the lender's loan history."""

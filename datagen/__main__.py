@@ -1,0 +1,5 @@
+import sys
+
+from datagen.generate import main
+
+sys.exit(main())

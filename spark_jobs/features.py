@@ -1,0 +1,406 @@
+"""The feature job: raw loans CSV -> one row of features per accepted loan, quarantine, report.
+
+    ./spark-submit.sh features --input data/raw/loans.csv --output data/output [--as-of 2020-12-31]
+
+Writes `OUT/features/` (Parquet), `OUT/quarantine/` (Parquet: the rejected rows as text plus
+`reason`) and `OUT/report.json`, staged and moved into place at the end (DESIGN §4 to §6).
+The transforms below are pure `DataFrame -> DataFrame` functions; `run` does the reading and writing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pyspark import StorageLevel
+from pyspark.errors import AnalysisException
+from pyspark.sql import Column, DataFrame, Observation, SparkSession, Window
+from pyspark.sql import functions as F
+
+from conf import Settings, SettingsError, load_settings
+from conf.settings import parse_date
+from spark_jobs.output import StagedOutput
+from spark_jobs.report import summary
+from spark_jobs.schema import (
+    MAX_AGE_YEARS,
+    MAX_YEARS_ON_THE_JOB,
+    NULL_REASONS,
+    OUTPUT_COLUMNS,
+    RAW_COLUMNS,
+    REJECT_REASONS,
+    TRIMMED,
+)
+from spark_jobs.session import build_session
+
+log = logging.getLogger(__name__)
+
+WHOLE_NUMBER = r"^[0-9]+$"
+DECIMAL_NUMBER = r"^[+-]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][+-]?[0-9]+)?$"
+ISO_DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+COPIES = "_copies"
+REASON = "reason"
+
+
+class InputError(ValueError):
+    """The job's input cannot be read as the raw loans CSV."""
+
+
+# ---------------------------------------------------------------- parsing helpers (Column -> Column)
+
+
+def parse_whole_number(value: Column) -> Column:
+    """A whole number in 1 .. 2^63-1 written as plain digits, else null."""
+    number = F.when(value.rlike(WHOLE_NUMBER), value.try_cast("long"))
+    return F.when(number >= 1, number)
+
+
+def parse_date_column(value: Column) -> Column:
+    """A real calendar date written `yyyy-MM-dd` (years 0001 .. 9999), else null."""
+    date = F.when(value.rlike(ISO_DATE), F.try_to_date(value, "yyyy-MM-dd"))
+    return F.when(F.year(date) >= 1, date)
+
+
+def parse_decimal(value: Column) -> Column:
+    """A finite decimal number (optionally with an exponent), else null."""
+    number = F.when(value.rlike(DECIMAL_NUMBER), value.try_cast("double"))
+    return F.when(~F.isnan(number) & (F.abs(number) < F.lit(float("inf"))), number)
+
+
+def whole_years(start: Column, end: Column) -> Column:
+    """Whole years from `start` to `end` as people count age (Feb 29 turns a year on Feb 28)."""
+    years = F.year(end) - F.year(start)
+    # add_months clamps to the month's last day, so Feb 29 + 1 year is Feb 28.
+    return F.when(F.add_months(start, years * 12) > end, years - 1).otherwise(years)
+
+
+# ---------------------------------------------------------------- transforms (DataFrame -> DataFrame)
+
+
+def key_by_client(raw: DataFrame) -> DataFrame:
+    """Add the parsed client id `_id` and gather each client's rows in one partition.
+
+    Every later step (exact duplicates, the feature window) groups by client, so this is the job's
+    one full shuffle; identical rows share `_id` and meet in the same partition.
+    """
+    trimmed = raw.select(F.btrim(F.col("id"), F.lit(TRIMMED)).alias("_id_text"), *RAW_COLUMNS)
+    keyed = trimmed.select(parse_whole_number(F.col("_id_text")).alias("_id"), *RAW_COLUMNS)
+    return keyed.repartition("_id")
+
+
+def normalize(rows: DataFrame) -> DataFrame:
+    """Keep the contract's columns as text, trimmed, an empty value as null (and `_id` if present)."""
+    keep = [F.col("_id")] if "_id" in rows.columns else []
+    trimmed = rows.select(*keep, *[F.btrim(F.col(c).cast("string"), F.lit(TRIMMED)).alias(c) for c in RAW_COLUMNS])
+    return trimmed.select(*keep, *[F.when(F.col(c) != "", F.col(c)).alias(c) for c in RAW_COLUMNS])
+
+
+def drop_exact_duplicates(rows: DataFrame) -> DataFrame:
+    """One row per distinct row, with the number of identical copies read in `_copies`."""
+    keys = (["_id"] if "_id" in rows.columns else []) + list(RAW_COLUMNS)
+    return rows.groupBy(*keys).agg(F.count(F.lit(1)).alias(COPIES))
+
+
+def parse_keys(rows: DataFrame) -> DataFrame:
+    """Parse the columns a row is validated on: `_id`, `_loan_id`, `_loan_date`, `_loan_amount`."""
+    # `_id` is kept when `key_by_client` made it: recomputing it would hide that rows are partitioned by it.
+    client = [] if "_id" in rows.columns else [parse_whole_number(F.col("id")).alias("_id")]
+    return rows.select(
+        *rows.columns,
+        *client,
+        parse_whole_number(F.col("loan_id")).alias("_loan_id"),
+        parse_date_column(F.col("loan_date")).alias("_loan_date"),
+        parse_decimal(F.col("loan_amount")).alias("_loan_amount"),
+    )
+
+
+def conflicting_loan_ids(parsed: DataFrame) -> DataFrame:
+    """The `loan_id`s that two or more distinct rows share (`parsed` holds distinct rows)."""
+    return (
+        parsed.where(F.col("_loan_id").isNotNull())
+        .groupBy("_loan_id")
+        .agg(F.count(F.lit(1)).alias("_sharing"))
+        .where(F.col("_sharing") > 1)
+    )
+
+
+def validate(parsed: DataFrame, as_of: dt.date | None = None) -> DataFrame:
+    """Add `reason`: the first rejection reason that applies to the row, or null when accepted."""
+    # Which of the rows sharing a loan_id is true cannot be known, so all of them are rejected.
+    conflicts = F.broadcast(conflicting_loan_ids(parsed))
+    joined = parsed.join(conflicts, on="_loan_id", how="left")
+    status = F.col("status")
+    as_of_date = F.lit(as_of) if as_of else F.lit(None).cast("date")
+    reason = (
+        F.when(F.col("_id").isNull(), "invalid_id")
+        .when(F.col("_loan_id").isNull(), "invalid_loan_id")
+        .when(F.col("_loan_date").isNull(), "invalid_loan_date")
+        .when(F.col("_loan_amount").isNull() | (F.col("_loan_amount") <= 0), "invalid_loan_amount")
+        .when(status.isNotNull() & ~status.isin("0", "1"), "invalid_status")
+        .when(F.col("_loan_date") > as_of_date, "future_loan_date")
+        .when(F.col("_sharing").isNotNull(), "duplicate_loan_id")
+    )
+    return joined.withColumn(REASON, reason).drop("_sharing")
+
+
+def _null_reason(*cases: tuple[Column, str]) -> Column:
+    """The first reason whose condition holds, else null."""
+    result = F.when(cases[0][0], cases[0][1])
+    for condition, name in cases[1:]:
+        result = result.when(condition, name)
+    return result
+
+
+def add_features(accepted: DataFrame) -> DataFrame:
+    """The five features of DESIGN §5, each as of its own loan date, plus `_null_<feature>` reasons."""
+    client = Window.partitionBy("_id").orderBy("_loan_date", "_loan_id")
+    earlier = client.rowsBetween(Window.unboundedPreceding, -1)
+    loan_date = F.col("_loan_date")
+
+    # Staged selects: each parsed value is a column, computed once, not an expression repeated in
+    # every condition that uses it.
+    dated = accepted.select(
+        "*",
+        parse_date_column(F.col("birthday")).alias("_birthday"),
+        parse_date_column(F.col("job_start_date")).alias("_job_start"),
+        F.upper(F.col("flag_own_car")).alias("_car"),
+    )
+    aged = dated.select(
+        "*",
+        whole_years(F.col("_birthday"), loan_date).alias("_age_years"),
+        whole_years(F.col("_job_start"), loan_date).alias("_job_years"),
+    )
+    birthday, job_start, car = F.col("_birthday"), F.col("_job_start"), F.col("_car")
+    age_null = _null_reason(
+        (F.col("birthday").isNull(), "birthday_missing"),
+        (birthday.isNull(), "birthday_invalid"),
+        (birthday > loan_date, "birthday_after_loan_date"),
+        (F.col("_age_years") > MAX_AGE_YEARS, "age_over_120"),
+    )
+    job_null = _null_reason(
+        (F.col("job_start_date").isNull(), "job_start_missing"),
+        (job_start.isNull(), "job_start_invalid"),
+        (job_start > loan_date, "job_start_after_loan_date"),
+        (job_start < birthday, "job_start_before_birthday"),
+        (F.col("_job_years") > MAX_YEARS_ON_THE_JOB, "years_on_the_job_over_100"),
+    )
+    car_null = _null_reason(
+        (F.col("flag_own_car").isNull(), "flag_own_car_missing"),
+        (~car.isin("Y", "N"), "flag_own_car_invalid"),
+    )
+    reasons = aged.select(
+        "*", age_null.alias("_null_age"), job_null.alias("_null_years_on_the_job"),
+        car_null.alias("_null_flag_own_car"),
+    )  # fmt: skip
+    previous = F.count(F.lit(1)).over(earlier)
+    return reasons.select(
+        F.col("_loan_id").alias("loan_id"),
+        F.col("_id").alias("id"),
+        loan_date.alias("loan_date"),
+        previous.cast("int").alias("nb_previous_loans"),
+        F.avg("_loan_amount").over(earlier).alias("avg_amount_loans_previous"),
+        F.when(F.col("_null_age").isNull(), F.col("_age_years")).cast("int").alias("age"),
+        F.when(F.col("_null_years_on_the_job").isNull(), F.col("_job_years")).cast("int").alias("years_on_the_job"),
+        F.when(car == "Y", 1).when(car == "N", 0).cast("int").alias("flag_own_car"),
+        F.col("status").try_cast("int").alias("status"),
+        F.when(previous == 0, "first_loan").alias("_null_avg_amount_loans_previous"),
+        "_null_age",
+        "_null_years_on_the_job",
+        "_null_flag_own_car",
+        COPIES,
+    )
+
+
+def to_features_output(features: DataFrame) -> DataFrame:
+    """The published columns of `features/`, in contract order."""
+    return features.select(*OUTPUT_COLUMNS)
+
+
+def rejected_rows(checked: DataFrame) -> DataFrame:
+    """The rows with a rejection reason."""
+    return checked.where(F.col(REASON).isNotNull())
+
+
+def to_quarantine_output(rejected: DataFrame) -> DataFrame:
+    """The quarantine's columns: the raw columns as text plus `reason`."""
+    return rejected.select(*RAW_COLUMNS, REASON)
+
+
+# ---------------------------------------------------------------- report metrics
+
+
+def _count_if(condition: Column) -> Column:
+    return F.sum(F.when(condition, 1).otherwise(0))
+
+
+def feature_metrics(features: DataFrame, observation: Observation) -> DataFrame:
+    """Observe the report's counts over the feature rows while they are written (no extra pass)."""
+    counts = [
+        _count_if(F.col(f"_null_{feature}") == reason).alias(f"null:{feature}:{reason}")
+        for feature, reasons in NULL_REASONS.items()
+        for reason in reasons
+    ]
+    return features.observe(
+        observation,
+        F.count(F.lit(1)).alias("rows"),
+        F.sum(COPIES).alias("copies"),
+        _count_if(F.col("nb_previous_loans") == 0).alias("clients"),
+        _count_if(F.col("status").isNull()).alias("status_unknown"),
+        F.min("loan_date").alias("first_loan_date"),
+        F.max("loan_date").alias("last_loan_date"),
+        *counts,
+    )
+
+
+def quarantine_metrics(rejected: DataFrame, observation: Observation) -> DataFrame:
+    """Observe the rejected rows by reason while the quarantine is written."""
+    return rejected.observe(
+        observation,
+        F.count(F.lit(1)).alias("rows"),
+        F.sum(COPIES).alias("copies"),
+        *[_count_if(F.col(REASON) == reason).alias(f"reason:{reason}") for reason in REJECT_REASONS],
+    )
+
+
+def build_report(accepted: dict[str, Any], rejected: dict[str, Any]) -> dict[str, Any]:
+    """Turn the two observations into the report's counts."""
+    rows_read = (accepted["copies"] or 0) + (rejected["copies"] or 0)
+    distinct = accepted["rows"] + rejected["rows"]
+    dates = (accepted["first_loan_date"], accepted["last_loan_date"])
+    return {
+        "rows_read": rows_read,
+        "duplicates_dropped": rows_read - distinct,
+        "rows_accepted": accepted["rows"],
+        "rows_rejected": rejected["rows"],
+        "rejected_by_reason": {r: rejected[f"reason:{r}"] or 0 for r in REJECT_REASONS},
+        "nulls": {
+            feature: {r: accepted[f"null:{feature}:{r}"] or 0 for r in reasons}
+            for feature, reasons in NULL_REASONS.items()
+        },
+        "status_unknown": accepted["status_unknown"] or 0,
+        "clients": accepted["clients"] or 0,
+        "first_loan_date": dates[0].isoformat() if dates[0] else None,
+        "last_loan_date": dates[1].isoformat() if dates[1] else None,
+    }
+
+
+# ---------------------------------------------------------------- I/O
+
+
+def read_raw(spark: SparkSession, path: str) -> DataFrame:
+    """Read the CSV (a file or a folder of files) with every column as text; check the header."""
+    try:
+        raw = spark.read.csv(
+            path, header=True, multiLine=True, quote='"', escape='"', inferSchema=False,
+            mode="PERMISSIVE", encoding="UTF-8",
+        )  # fmt: skip
+    except AnalysisException as exc:
+        raise InputError(f"cannot read input {path}: {str(exc).splitlines()[0]}") from None
+    header = {c.strip().lower(): c for c in raw.columns}
+    missing = [c for c in RAW_COLUMNS if c not in header]
+    if missing:
+        raise InputError(f"input {path} lacks column(s) {', '.join(missing)}; header: {raw.columns}")
+    extra = sorted(set(header) - set(RAW_COLUMNS))
+    if extra:
+        log.warning("input %s has extra column(s) %s, ignored", path, extra)
+    return raw.select(*[F.col(f"`{header[c]}`").alias(c) for c in RAW_COLUMNS])
+
+
+@dataclass(frozen=True)
+class FeatureJobArgs:
+    input: str
+    output: str
+    as_of: dt.date | None
+
+
+def run(spark: SparkSession, args: FeatureJobArgs) -> dict[str, Any]:
+    """Read, transform and write; returns the report. Outputs appear only if everything succeeded."""
+    started = time.perf_counter()
+    started_at = dt.datetime.now(dt.UTC)
+    log.info("reading %s (as of %s)", args.input, args.as_of or "no limit")
+    # Cached: both outputs and the conflict check read the distinct rows, parsed once.
+    parsed = (
+        read_raw(spark, args.input)
+        .transform(key_by_client)
+        .transform(normalize)
+        .transform(drop_exact_duplicates)
+        .transform(parse_keys)
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    )
+    checked = validate(parsed, args.as_of)
+    staged = StagedOutput(spark, args.output)
+    try:
+        accepted_obs, rejected_obs = Observation("accepted"), Observation("rejected")
+        features = add_features(checked.where(F.col(REASON).isNull()))
+        step = time.perf_counter()
+        to_features_output(feature_metrics(features, accepted_obs)).write.parquet(staged.path("features"))
+        log.info("features written in %.1fs", time.perf_counter() - step)
+        step = time.perf_counter()
+        quarantine = to_quarantine_output(quarantine_metrics(rejected_rows(checked), rejected_obs))
+        quarantine.write.parquet(staged.path("quarantine"))
+        log.info("quarantine written in %.1fs", time.perf_counter() - step)
+        report = {
+            "input": args.input,
+            "output": args.output,
+            "as_of": args.as_of.isoformat() if args.as_of else None,
+            **build_report(accepted_obs.get, rejected_obs.get),
+            "started_at": started_at.isoformat(timespec="seconds"),
+            "run_seconds": round(time.perf_counter() - started, 3),
+            "spark_version": spark.version,
+        }
+        staged.write_text("report.json", json.dumps(report, indent=2) + "\n")
+        staged.publish(["features", "quarantine", "report.json"])
+    except BaseException:
+        staged.discard()
+        raise
+    finally:
+        parsed.unpersist()
+    return report
+
+
+def parse_args(argv: Sequence[str] | None, settings: Settings) -> FeatureJobArgs:
+    """Command arguments over the settings' defaults."""
+    parser = argparse.ArgumentParser(prog="spark-submit.sh features", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--input", default=settings.features.input, help="raw CSV file or folder")
+    parser.add_argument("--output", default=settings.features.output, help="output folder")
+    parser.add_argument("--as-of", default=None, help="reject loans dated after this yyyy-MM-dd day")
+    args = parser.parse_args(argv)
+    as_of = settings.features.as_of
+    if args.as_of:
+        try:
+            as_of = parse_date(args.as_of)
+        except SettingsError as exc:
+            parser.error(f"--as-of: {exc}")
+    return FeatureJobArgs(input=args.input, output=args.output, as_of=as_of)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the feature job from the command line; exit code 0 on success, 2 on bad input."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        log.error("bad settings: %s", exc)
+        return 2
+    args = parse_args(argv, settings)
+    spark = build_session(settings.spark, "features")
+    try:
+        report = run(spark, args)
+    except InputError as exc:
+        log.error("%s", exc)
+        return 2
+    finally:
+        spark.stop()
+    log.info("%s", summary(report).replace("\n", "; "))
+    log.info("outputs: %s/features, %s/quarantine, %s/report.json", args.output, args.output, args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

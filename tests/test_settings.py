@@ -1,0 +1,50 @@
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from conf import SettingsError, load_settings
+
+
+def test_settings_default_file_loads_typed_values() -> None:
+    settings = load_settings(env={})
+    assert settings.spark.shuffle_partitions == 16
+    assert settings.features.as_of is None
+    assert settings.sample.clients == 36457
+
+
+def test_settings_environment_overrides_file() -> None:
+    settings = load_settings(env={"CREDIT_FEATURES_AS_OF": "2020-12-31", "CREDIT_SAMPLE_CLIENTS": "12"})
+    assert settings.features.as_of == dt.date(2020, 12, 31)
+    assert settings.sample.clients == 12
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"CREDIT_SAMPLE_CLIENTS": "many"}, "CREDIT_SAMPLE_CLIENTS: expected a whole number, got 'many'"),
+        ({"CREDIT_FEATURES_AS_OF": "2020-02-30"}, "CREDIT_FEATURES_AS_OF: not a yyyy-MM-dd date"),
+    ],
+)
+def test_settings_bad_environment_value_fails_naming_it(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        load_settings(env=env)
+
+
+def test_settings_file_with_unknown_or_missing_key_fails(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[spark]\napp_name = "x"\nshuffle_partitions = 2\ncolour = "red"\n')
+    with pytest.raises(SettingsError, match=r"\[spark\]: unknown key\(s\) \['colour'\]"):
+        load_settings(str(bad), env={})
+    bad.write_text('[spark]\napp_name = "x"\n')
+    with pytest.raises(SettingsError, match=r"\[spark\]: missing key 'shuffle_partitions'"):
+        load_settings(str(bad), env={})
+
+
+def test_settings_file_named_by_environment_is_used(tmp_path: Path) -> None:
+    other = tmp_path / "other.toml"
+    text = Path("conf/settings.toml").read_text().replace("shuffle_partitions = 16", "shuffle_partitions = 3")
+    other.write_text(text)
+    assert load_settings(env={"CREDIT_SETTINGS": str(other)}).spark.shuffle_partitions == 3
+    with pytest.raises(SettingsError, match="settings file not found"):
+        load_settings(env={"CREDIT_SETTINGS": str(tmp_path / "missing.toml")})

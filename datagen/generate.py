@@ -204,8 +204,8 @@ ODD_KINDS = 11
 
 
 def _dirty_rows(rng: random.Random, rows: list[dict[str, str]], first_loan_id: int,
-                per_kind: int) -> tuple[list[dict[str, str]], list[dict[str, str]]]:  # fmt: skip
-    """Extra rows to reject or drop, and edits to accepted rows; returns (extras, edited)."""
+                per_kind: int) -> list[dict[str, str]]:  # fmt: skip
+    """Extra rows: some to reject, exact copies to drop, and valid ones written oddly."""
     extras: list[dict[str, str]] = []
     loan_id = first_loan_id
 
@@ -230,7 +230,7 @@ def _dirty_rows(rng: random.Random, rows: list[dict[str, str]], first_loan_id: i
         padded = fresh(rng.choice(rows))
         extras.append({k: f"  {v} " if k in ("id", "loan_amount", "loan_date") else v
                        for k, v in padded.items()})  # fmt: skip
-    return extras, []
+    return extras
 
 
 def _quote(value: str, always: bool) -> str:
@@ -259,7 +259,7 @@ def generate_rows(clients: int, seed: int, dirty: bool = False, per_kind: int = 
             rows.extend(loans)
         extras: list[dict[str, str]] = []
         if dirty and start == 0:
-            extras, _ = _dirty_rows(rng, rows, 10**12, per_kind)
+            extras = _dirty_rows(rng, rows, 10**12, per_kind)
         lines = [_line(r) for r in rows] + [_line(r, quote_all=i % 4 == 0) for i, r in enumerate(extras)]
         rng.shuffle(lines)
         yield from lines

@@ -383,6 +383,7 @@ def parse_args(argv: Sequence[str] | None, settings: Settings) -> FeatureJobArgs
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the feature job from the command line; exit code 0 on success, 2 on bad input."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("py4j").setLevel(logging.WARNING)
     try:
         settings = load_settings()
     except SettingsError as exc:

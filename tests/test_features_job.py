@@ -216,6 +216,7 @@ def test_job_matches_plain_python_contract_on_dirty_generated_data(spark: SparkS
     assert report["duplicates_dropped"] > 0 and report["status_unknown"] > 0
 
 
+@pytest.mark.slow
 def test_spark_submit_runs_the_job_and_reports_bad_input(tmp_path: Path) -> None:
     source = tmp_path / "loans.csv"
     env = {**os.environ, "CREDIT_FEATURES_AS_OF": "2020-12-31"}

@@ -5,9 +5,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 DATA := data/raw/loans.csv
 OUT := data/output
+MODELS := data/models
 AS_OF := 2020-12-31
 
-.PHONY: install prereqs demo sample features test lint bench clean
+.PHONY: install prereqs demo sample features model test lint bench clean
 
 install: $(STAMP)
 
@@ -32,8 +33,16 @@ sample: $(DATA)
 features: install $(DATA)
 	./spark-submit.sh features --input $(DATA) --output $(OUT) --as-of $(AS_OF)
 
-demo: features
+# Train a candidate, then approve it explicitly, as a person would after reading its card.
+model: features
+	@version=$$(./spark-submit.sh train --features $(OUT)/features --models $(MODELS)) && \
+	echo "model card: $(MODELS)/$$version/model_card.json" && \
+	./spark-submit.sh approve "$$version" --models $(MODELS)
+
+demo: model
 	@$(PY) -m spark_jobs.report $(OUT)
+	@echo
+	@./spark-submit.sh models --models $(MODELS)
 
 test: install lint
 	$(PY) -m pytest

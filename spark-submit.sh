@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run a batch job of the pipeline with the Spark installed in .venv:
 #
-#   ./spark-submit.sh [--master URL] JOB [ARGS...]      JOB: features (see README.md)
+#   ./spark-submit.sh [--master URL] JOB [ARGS...]      JOB: features, train, approve, models (README.md)
 #
 # The master is local[*] unless SPARK_MASTER or --master says otherwise; the project's code is
 # shipped to the executors as a zip (--py-files). SPARK_DRIVER_MEMORY (default 6g) and
@@ -24,6 +24,14 @@ if [[ $# -lt 1 ]]; then
     "$venv/bin/python" "$root/spark_jobs/main.py"  # prints the usage
     exit 2
 fi
+
+case "$1" in
+    train|approve|models)
+        # No Spark needed: the model stages read Parquet with pyarrow and run in plain Python.
+        export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+        exec "$venv/bin/python" "$root/spark_jobs/main.py" "$@"
+        ;;
+esac
 
 export SPARK_LOCAL_IP=${SPARK_LOCAL_IP:-127.0.0.1}
 export PYSPARK_PYTHON=${PYSPARK_PYTHON:-$venv/bin/python}

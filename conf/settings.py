@@ -45,10 +45,32 @@ class SampleSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class ModelSettings:
+    models_dir: str
+    seed: int
+    test_clients: float
+    validation_clients: float
+    n_estimators: int
+    max_depth: int
+    min_samples_leaf: int
+    smote_k_neighbors: int
+
+    def __post_init__(self) -> None:
+        for name in ("test_clients", "validation_clients"):
+            share = getattr(self, name)
+            if not 0 < share < 1:
+                raise SettingsError(f"[model] {name}: expected a share between 0 and 1, got {share}")
+        for name in ("n_estimators", "max_depth", "min_samples_leaf", "smote_k_neighbors"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"[model] {name}: expected at least 1, got {getattr(self, name)}")
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     spark: SparkSettings
     features: FeaturesSettings
     sample: SampleSettings
+    model: ModelSettings
 
 
 def parse_date(text: str) -> dt.date:
@@ -77,6 +99,8 @@ def _convert(where: str, value: Any, kind: Any) -> Any:
         except ValueError:
             raise SettingsError(f"{where}: expected a whole number, got {value!r}") from None
     if kind is float:
+        if isinstance(value, bool):
+            raise SettingsError(f"{where}: expected a number, got {value!r}")
         try:
             return float(value)
         except (TypeError, ValueError):

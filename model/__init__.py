@@ -1,1 +1,1 @@
-"""Training, the model registry and approval, and the backtest (DESIGN §7); filled by the training stage."""
+"""Training with an honest protocol, the model registry and approval (DESIGN §7)."""

@@ -1,13 +1,16 @@
-"""Entry point that `spark-submit.sh` hands to `spark-submit`: `main.py JOB [ARGS...]`."""
+"""Entry point of `spark-submit.sh`: `main.py JOB [ARGS...]`, each job a `main(argv) -> int`."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-# Each job is a module with `main(argv) -> int`.
+# Jobs that need Spark run under spark-submit; the others run in plain Python (see spark-submit.sh).
 JOBS = {
-    "features": "spark_jobs.features",
+    "features": "spark_jobs.features:main",
+    "train": "model.train:main",
+    "approve": "model.registry:main_approve",
+    "models": "model.registry:main_models",
 }
 
 
@@ -15,8 +18,8 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] not in JOBS:
         print(f"usage: spark-submit.sh JOB [ARGS...]; JOB is one of: {', '.join(JOBS)}", file=sys.stderr)
         return 2
-    module = importlib.import_module(JOBS[argv[0]])
-    return int(module.main(argv[1:]))
+    module, function = JOBS[argv[0]].split(":")
+    return int(getattr(importlib.import_module(module), function)(argv[1:]))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 import os
 import tomllib
 from collections.abc import Mapping
@@ -66,11 +67,20 @@ class ModelSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class MonitoringSettings:
+    min_roc_auc: float
+    min_average_precision: float
+    min_recall: float
+    max_psi: float
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     spark: SparkSettings
     features: FeaturesSettings
     sample: SampleSettings
     model: ModelSettings
+    monitoring: MonitoringSettings
 
 
 def parse_date(text: str) -> dt.date:
@@ -164,3 +174,17 @@ def load_settings(path: str | None = None, env: Mapping[str, str] | None = None)
             raise SettingsError(f"[{section}] must be a table")
         sections[section] = _build(cls, section, table, env)
     return Settings(**sections)
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def command_settings() -> Settings | None:
+    """Start-up of a command: configure logging once, load the settings; None (logged) when they are wrong."""
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        logging.getLogger(__name__).error("bad settings: %s", exc)
+        return None

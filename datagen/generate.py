@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from conf import load_settings
+from conf import command_settings
 from spark_jobs.schema import RAW_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -278,14 +278,16 @@ def write_csv(path: Path, clients: int, seed: int, dirty: bool = False) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = load_settings().sample
+    loaded = command_settings()
+    if loaded is None:
+        return 2
+    settings = loaded.sample
     parser = argparse.ArgumentParser(prog="python -m datagen", description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", type=Path, default=Path(settings.output), help="CSV file to write")
     parser.add_argument("--clients", type=int, default=settings.clients, help="number of clients")
     parser.add_argument("--seed", type=int, default=settings.seed, help="random seed")
     parser.add_argument("--dirty", action="store_true", help="add malformed, duplicate and odd rows")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.clients < 1:
         parser.error(f"--clients must be at least 1, got {args.clients}")
     started = time.perf_counter()

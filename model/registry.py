@@ -37,7 +37,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import sklearn
 
-from conf import SettingsError, load_settings
+from conf import command_settings
 
 log = logging.getLogger(__name__)
 
@@ -190,12 +190,10 @@ def table(models: Path) -> str:
 
 def main_approve(argv: Sequence[str] | None = None) -> int:
     """`spark-submit.sh approve VERSION --models DIR`."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        default = load_settings().model.models_dir
-    except SettingsError as exc:
-        log.error("bad settings: %s", exc)
+    settings = command_settings()
+    if settings is None:
         return 2
+    default = settings.model.models_dir
     parser = argparse.ArgumentParser(prog="spark-submit.sh approve", description="Approve a model version.")
     parser.add_argument("version")
     parser.add_argument("--models", default=default, help="the model registry folder")
@@ -212,12 +210,10 @@ def main_approve(argv: Sequence[str] | None = None) -> int:
 
 def main_models(argv: Sequence[str] | None = None) -> int:
     """`spark-submit.sh models --models DIR`."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        default = load_settings().model.models_dir
-    except SettingsError as exc:
-        log.error("bad settings: %s", exc)
+    settings = command_settings()
+    if settings is None:
         return 2
+    default = settings.model.models_dir
     parser = argparse.ArgumentParser(prog="spark-submit.sh models", description="List the model versions.")
     parser.add_argument("--models", default=default, help="the model registry folder")
     args = parser.parse_args(argv)

@@ -45,9 +45,9 @@ from sklearn.metrics import (
 )
 from sklearn.model_selection import GroupShuffleSplit, train_test_split
 
-from conf import SettingsError, load_settings
+from conf import SettingsError, command_settings
 from conf.settings import ModelSettings, parse_date
-from model import registry
+from model import drift, registry
 from spark_jobs.schema import FEATURE_NAMES
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def fingerprint(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def load_features(folder: str | Path, until: dt.date | None = None) -> Dataset:
+def load_features(folder: str | Path, until: dt.date | None = None, allow_empty: bool = False) -> Dataset:
     """The labelled loans of the feature job's output, up to `until` (dates stay `datetime.date`)."""
     path = Path(folder)
     if not path.is_dir() or not any(path.rglob("*.parquet")):
@@ -98,7 +98,7 @@ def load_features(folder: str | Path, until: dt.date | None = None) -> Dataset:
     frame = frame[frame[LABEL].notna()]
     if until is not None:
         frame = frame[frame["loan_date"] <= until]
-    if frame.empty or frame[LABEL].nunique() < 2:
+    if not allow_empty and (frame.empty or frame[LABEL].nunique() < 2):
         raise FeaturesError(f"features at {path} (until {until}) hold no labelled loans of both classes")
     frame = frame.astype({name: "float64" for name in FEATURE_NAMES}).astype({LABEL: "int64"})
     return Dataset(frame.reset_index(drop=True), str(path), fingerprint(path), until)
@@ -224,6 +224,8 @@ def train(settings: ModelSettings, data: Dataset, leaky: bool = True) -> TrainRe
         },
         "threshold": {"value": threshold, "rule": THRESHOLD_RULE},
         "metrics": metrics(test_labels, test_scores, threshold),
+        # Bins for the backtest's drift measure, taken from the training data now.
+        "drift_reference": drift.reference(data.frame, columns),
         "training_seconds": round(fit_seconds, 1),
     }  # fmt: skip
     if leaky:
@@ -250,12 +252,10 @@ def parse_args(argv: Sequence[str] | None, models_dir: str) -> argparse.Namespac
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Train, write the version folder, print the headline metrics and, last, the version."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        settings = load_settings().model
-    except SettingsError as exc:
-        log.error("bad settings: %s", exc)
+    loaded = command_settings()
+    if loaded is None:
         return 2
+    settings = loaded.model
     args = parse_args(argv, settings.models_dir)
     try:
         data = load_features(args.features, args.until)

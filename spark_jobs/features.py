@@ -24,7 +24,7 @@ from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, Observation, SparkSession, Window
 from pyspark.sql import functions as F
 
-from conf import Settings, SettingsError, load_settings
+from conf import Settings, SettingsError, command_settings
 from conf.settings import parse_date
 from spark_jobs.output import StagedOutput
 from spark_jobs.report import summary
@@ -382,12 +382,8 @@ def parse_args(argv: Sequence[str] | None, settings: Settings) -> FeatureJobArgs
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the feature job from the command line; exit code 0 on success, 2 on bad input."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("py4j").setLevel(logging.WARNING)
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        log.error("bad settings: %s", exc)
+    settings = command_settings()
+    if settings is None:
         return 2
     args = parse_args(argv, settings)
     spark = build_session(settings.spark, "features")

@@ -11,6 +11,7 @@ JOBS = {
     "train": "model.train:main",
     "approve": "model.registry:main_approve",
     "models": "model.registry:main_models",
+    "backtest": "model.backtest:main",
 }
 
 

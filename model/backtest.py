@@ -156,14 +156,8 @@ def write_report(folder: Path, report: dict[str, Any]) -> None:
         figure.savefig(staging / "scores.png")
         plt.close(figure)
         fpr, tpr, _ = roc_curve(labels, scores)
-        figure, axes = plt.subplots(figsize=(5, 4), dpi=100)
-        axes.plot(fpr, tpr)
-        axes.plot([0, 1], [0, 1], linestyle="--", color="grey")
-        axes.set(xlabel="false positive rate", ylabel="true positive rate",
-                 title=f"ROC in the backtest window (AUC {report['metrics']['roc_auc']:.3f})")  # fmt: skip
-        figure.tight_layout()
-        figure.savefig(staging / "roc.png")
-        plt.close(figure)
+        registry.plot_curve(staging / "roc.png", fpr, tpr, "false positive rate", "true positive rate",
+                            f"ROC in the backtest window (AUC {report['metrics']['roc_auc']:.3f})")  # fmt: skip
         psi = report["drift"]["psi"]
         figure, axes = plt.subplots(figsize=(6, 4), dpi=100)
         axes.barh(list(psi), list(psi.values()))

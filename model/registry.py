@@ -72,7 +72,7 @@ def _new_version(models: Path, now: dt.datetime) -> str:
     return version
 
 
-def _plot(path: Path, x: np.ndarray, y: np.ndarray, xlabel: str, ylabel: str, title: str) -> None:
+def plot_curve(path: Path, x: np.ndarray, y: np.ndarray, xlabel: str, ylabel: str, title: str) -> None:
     figure, axes = plt.subplots(figsize=(5, 4), dpi=100)
     axes.plot(x, y)
     if xlabel == "false positive rate":
@@ -101,9 +101,9 @@ def save(models: Path, pipeline: Any, card: dict[str, Any], curves: dict[str, tu
         joblib.dump(pipeline, staging / MODEL_FILE)
         (staging / CARD_FILE).write_text(json.dumps(full_card, indent=2) + "\n", encoding="utf-8")
         auc, ap = card["metrics"]["roc_auc"], card["metrics"]["average_precision"]
-        _plot(staging / "roc.png", *curves["roc"], "false positive rate", "true positive rate",
+        plot_curve(staging / "roc.png", *curves["roc"], "false positive rate", "true positive rate",
               f"ROC on held-out clients (AUC {auc:.3f})")  # fmt: skip
-        _plot(staging / "pr.png", *curves["pr"], "recall", "precision",
+        plot_curve(staging / "pr.png", *curves["pr"], "recall", "precision",
               f"Precision-recall on held-out clients (AP {ap:.3f})")  # fmt: skip
         staging.rename(models / version)
     except BaseException:

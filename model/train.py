@@ -168,6 +168,7 @@ def leaky_protocol(frame: pd.DataFrame, settings: ModelSettings) -> dict[str, An
     )
     forest = build_pipeline(settings).named_steps["forest"]
     forest.fit(x_train, y_train)
+    forest.set_params(n_jobs=1)  # see train(): a deterministic sum over the trees
     scores = forest.predict_proba(x_test)[:, 1]
     return {
         "protocol": "SMOTE on every row before a random row split, client id among the features",
@@ -194,6 +195,10 @@ def train(settings: ModelSettings, data: Dataset, leaky: bool = True) -> TrainRe
     pipeline = build_pipeline(settings)
     columns = list(FEATURE_NAMES)
     pipeline.fit(fit_part[columns], fit_part[LABEL])
+    # Trees are fitted in parallel, deterministically; a parallel predict_proba adds the trees' votes in
+    # thread completion order, so scores could differ in the last bits from run to run. One thread
+    # keeps the same data and seed giving the same scores, threshold and metrics.
+    pipeline.named_steps["forest"].set_params(n_jobs=1)
     threshold = choose_threshold(validation[LABEL].to_numpy(), pipeline.predict_proba(validation[columns])[:, 1])
     test_scores = pipeline.predict_proba(test[columns])[:, 1]
     test_labels = test[LABEL].to_numpy()

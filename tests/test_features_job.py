@@ -239,3 +239,21 @@ def test_spark_submit_runs_the_job_and_reports_bad_input(tmp_path: Path) -> None
     assert failed.returncode == 2
     output = failed.stdout + failed.stderr
     assert "cannot read input" in output and "Traceback" not in output
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [("crlf", SMALL_CSV.replace("\n", "\r\n")), ("bom", "\ufeff" + SMALL_CSV)],
+)
+def test_job_reads_windows_line_ends_and_a_byte_order_mark(
+    spark: SparkSession, tmp_path: Path, name: str, text: str
+) -> None:
+    plain = run(spark, write(tmp_path / "plain.csv", SMALL_CSV), tmp_path / "o1")
+    source = tmp_path / f"{name}.csv"
+    source.write_bytes(text.encode("utf-8"))
+    other = run(spark, source, tmp_path / "o2")
+    keys = ("rows_read", "duplicates_dropped", "rows_accepted", "rejected_by_reason", "nulls", "clients")
+    assert {k: other[k] for k in keys} == {k: plain[k] for k in keys}
+    assertDataFrameEqual(
+        spark.read.parquet(str(tmp_path / "o2" / "features")), spark.read.parquet(str(tmp_path / "o1" / "features"))
+    )

@@ -130,11 +130,14 @@ def conflicting_loan_ids(parsed: DataFrame) -> DataFrame:
     )
 
 
-def validate(parsed: DataFrame, as_of: dt.date | None = None) -> DataFrame:
-    """Add `reason`: the first rejection reason that applies to the row, or null when accepted."""
+def validate(parsed: DataFrame, as_of: dt.date | None = None, conflicts: DataFrame | None = None) -> DataFrame:
+    """Add `reason`: the first rejection reason that applies to the row, or null when accepted.
+
+    `conflicts` is `conflicting_loan_ids(parsed)`, computed here unless the caller already holds it.
+    """
     # Which of the rows sharing a loan_id is true cannot be known, so all of them are rejected.
-    conflicts = F.broadcast(conflicting_loan_ids(parsed))
-    joined = parsed.join(conflicts, on="_loan_id", how="left")
+    shared = conflicting_loan_ids(parsed) if conflicts is None else conflicts
+    joined = parsed.join(F.broadcast(shared), on="_loan_id", how="left")
     status = F.col("status")
     as_of_date = F.lit(as_of) if as_of else F.lit(None).cast("date")
     reason = (
@@ -333,7 +336,9 @@ def run(spark: SparkSession, args: FeatureJobArgs) -> dict[str, Any]:
         .transform(parse_keys)
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
-    checked = validate(parsed, args.as_of)
+    # Both outputs need the conflicting loan_ids: cached, the aggregate runs once, not once per output.
+    conflicts = conflicting_loan_ids(parsed).persist(StorageLevel.MEMORY_AND_DISK)
+    checked = validate(parsed, args.as_of, conflicts)
     staged = StagedOutput(spark, args.output)
     try:
         accepted_obs, rejected_obs = Observation("accepted"), Observation("rejected")
@@ -360,6 +365,7 @@ def run(spark: SparkSession, args: FeatureJobArgs) -> dict[str, Any]:
         staged.discard()
         raise
     finally:
+        conflicts.unpersist()
         parsed.unpersist()
     return report
 

@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +73,12 @@ class FeaturesError(ValueError):
 class Dataset:
     frame: pd.DataFrame  # the feature columns, `id` and `status`
     location: str
-    fingerprint: str
     until: dt.date | None
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Hashed only when asked (the model card); the backtest reads features without it."""
+        return fingerprint(Path(self.location))
 
 
 def fingerprint(folder: Path) -> str:
@@ -101,7 +106,7 @@ def load_features(folder: str | Path, until: dt.date | None = None, allow_empty:
     if not allow_empty and (frame.empty or frame[LABEL].nunique() < 2):
         raise FeaturesError(f"features at {path} (until {until}) hold no labelled loans of both classes")
     frame = frame.astype({name: "float64" for name in FEATURE_NAMES}).astype({LABEL: "int64"})
-    return Dataset(frame.reset_index(drop=True), str(path), fingerprint(path), until)
+    return Dataset(frame.reset_index(drop=True), str(path), until)
 
 
 def build_pipeline(settings: ModelSettings) -> Pipeline:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run a batch job of the pipeline with the Spark installed in .venv:
 #
-#   ./spark-submit.sh [--master URL] JOB [ARGS...]      JOB: features, train, approve, models, backtest
+#   ./spark-submit.sh [--master URL] JOB [ARGS...]      JOB: features, materialize, train, approve, models, backtest
 #
 # The master is local[*] unless SPARK_MASTER or --master says otherwise; the project's code is
 # shipped to the executors as a zip (--py-files). SPARK_DRIVER_MEMORY (default 6g) and

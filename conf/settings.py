@@ -11,6 +11,7 @@ import dataclasses
 import datetime as dt
 import logging
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from importlib import resources
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 ENV_PREFIX = "CREDIT_"
+# The conventional variable wins over CREDIT_REDIS_URL (DESIGN §9).
+REDIS_URL_ENV = "REDIS_URL"
 SETTINGS_ENV = "CREDIT_SETTINGS"
 
 
@@ -75,12 +78,52 @@ class MonitoringSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class RedisSettings:
+    url: str
+    prefix: str
+    connect_timeout: float
+    socket_timeout: float
+    version_cache_seconds: float
+    grace_period_seconds: float
+    batch_size: int
+    embedded_port: int
+    embedded_dir: str
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.prefix):
+            raise SettingsError(f"[redis] prefix: expected letters, digits, '_', '.' or '-', got {self.prefix!r}")
+        for name in ("connect_timeout", "socket_timeout", "grace_period_seconds"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"[redis] {name}: expected more than 0, got {getattr(self, name)}")
+        if not 0 <= self.version_cache_seconds < self.grace_period_seconds:
+            raise SettingsError(
+                f"[redis] version_cache_seconds: expected 0 or more and less than grace_period_seconds "
+                f"({self.grace_period_seconds}), got {self.version_cache_seconds}"
+            )
+        if self.batch_size < 1:
+            raise SettingsError(f"[redis] batch_size: expected at least 1, got {self.batch_size}")
+        if not 1 <= self.embedded_port <= 65535:
+            raise SettingsError(f"[redis] embedded_port: expected a TCP port, got {self.embedded_port}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceSettings:
+    batch_limit: int
+
+    def __post_init__(self) -> None:
+        if self.batch_limit < 1:
+            raise SettingsError(f"[service] batch_limit: expected at least 1, got {self.batch_limit}")
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     spark: SparkSettings
     features: FeaturesSettings
     sample: SampleSettings
     model: ModelSettings
     monitoring: MonitoringSettings
+    redis: RedisSettings
+    service: ServiceSettings
 
 
 def parse_date(text: str) -> dt.date:
@@ -137,7 +180,9 @@ def _build(cls: type, section: str, values: Mapping[str, Any], env: Mapping[str,
     kwargs = {}
     for name in names:
         env_name = f"{ENV_PREFIX}{section}_{name}".upper()
-        if env_name in env:
+        if (section, name) == ("redis", "url") and env.get(REDIS_URL_ENV):
+            kwargs[name] = env[REDIS_URL_ENV]
+        elif env_name in env:
             kwargs[name] = _convert(env_name, env[env_name], hints[name])
         elif name in values:
             kwargs[name] = _convert(f"[{section}] {name}", values[name], hints[name])

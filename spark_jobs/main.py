@@ -12,6 +12,7 @@ JOBS = {
     "approve": "model.registry:main_approve",
     "models": "model.registry:main_models",
     "backtest": "model.backtest:main",
+    "materialize": "spark_jobs.materialize:main",
 }
 
 

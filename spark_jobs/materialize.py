@@ -13,6 +13,7 @@ With no Redis URL configured, the embedded Redis (serving/embedded.py) is starte
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import io
 import logging
@@ -153,18 +154,22 @@ def run(spark: SparkSession, args: MaterializeArgs) -> dict[str, Any]:
     try:
         store = OnlineStore(client_from_settings(args.redis, url), args.redis.prefix)
         store.client.ping()
-        version = new_version(store, dt.datetime.now(dt.timezone.utc))
+        version = new_version(store, dt.datetime.now(dt.UTC))
         store.begin(version, {"source": args.features, "model_version": card["version"],
                               "feature_names": ",".join(FEATURE_NAMES), "created_at": _utc_now()})  # fmt: skip
     except redis.RedisError as exc:
         raise MaterializeError(f"Redis at {redacted(url)} is unreachable or refused the load: {exc}") from None
-    log.info("loading version %s into %s (prefix %s) with model %s", version, redacted(url), store.prefix, card["version"])
+    log.info(
+        "loading version %s into %s (prefix %s) with model %s", version, redacted(url), store.prefix, card["version"]
+    )
     started = time.monotonic()
     try:
         summary = _load(spark, args, store, url, version, pipeline, card)
     except (StoreError, redis.RedisError, PySparkException, Py4JJavaError, MaterializeError) as exc:
         _discard(store, version)
-        raise MaterializeError(f"load of version {version} failed, the active version is unchanged: {_reason(exc)}") from None
+        raise MaterializeError(
+            f"load of version {version} failed, the active version is unchanged: {_reason(exc)}"
+        ) from None
     summary["seconds"] = round(time.monotonic() - started, 3)
     summary["clients_per_second"] = round(summary["clients"] / max(summary["seconds"], 1e-9), 1)
     try:
@@ -186,9 +191,14 @@ def _load(
     broadcast = spark.sparkContext.broadcast(model_bytes.getvalue())
     target = WriteTarget(url, args.redis, version, card["version"], float(card["threshold"]["value"]))
     try:
-        totals = write_scored(latest_per_client(features), target, broadcast).agg(
-            F.coalesce(F.sum("rows"), F.lit(0)).alias("rows"), F.coalesce(F.sum("written"), F.lit(0)).alias("written")
-        ).first()
+        totals = (
+            write_scored(latest_per_client(features), target, broadcast)
+            .agg(
+                F.coalesce(F.sum("rows"), F.lit(0)).alias("rows"),
+                F.coalesce(F.sum("written"), F.lit(0)).alias("written"),
+            )
+            .first()
+        )
     finally:
         broadcast.unpersist()
     seen = observed.get
@@ -218,21 +228,26 @@ def _reason(exc: BaseException) -> str:
 
 
 def _utc_now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_args(argv: Sequence[str] | None, settings: Settings) -> MaterializeArgs:
     parser = argparse.ArgumentParser(prog="spark-submit.sh materialize", description=__doc__.split("\n")[0])
-    parser.add_argument("--features", default=f"{settings.features.output}/features", help="the feature job's features/ folder")
+    parser.add_argument(
+        "--features", default=f"{settings.features.output}/features", help="the feature job's features/ folder"
+    )
     parser.add_argument("--models", default=settings.model.models_dir, help="the model registry folder")
-    parser.add_argument("--redis-url", default=settings.redis.url, help="redis:// or rediss:// URL; empty: the embedded Redis")
+    parser.add_argument(
+        "--redis-url", default=settings.redis.url, help="redis:// or rediss:// URL; empty: the embedded Redis"
+    )
     parser.add_argument("--prefix", default=settings.redis.prefix, help="key prefix (default %(default)s)")
     parser.add_argument("--grace-seconds", type=float, default=settings.redis.grace_period_seconds,
                         help="how long a replaced version stays before removal (default %(default)s)")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=settings.redis.batch_size, help="hashes per pipeline")
     ns = parser.parse_args(argv)
-    redis_settings = RedisSettings(**{**settings.redis.__dict__, "prefix": ns.prefix, "url": ns.redis_url,
-                                      "grace_period_seconds": ns.grace_seconds, "batch_size": ns.batch_size})  # fmt: skip
+    changes = {"prefix": ns.prefix, "url": ns.redis_url, "grace_period_seconds": ns.grace_seconds,
+               "batch_size": ns.batch_size}  # fmt: skip
+    redis_settings = dataclasses.replace(settings.redis, **changes)
     return MaterializeArgs(ns.features, ns.models, ns.redis_url, redis_settings)
 
 

@@ -47,7 +47,7 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         command = [str(server_binary()), "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.folder),
-                   "--save", "", "--appendonly", "no", "--logfile", str(self.folder / "redis.log"), *self.extra]  # fmt: skip
+                   "--save", "", "--logfile", str(self.folder / "redis.log"), *self.extra]  # fmt: skip
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while True:
@@ -80,8 +80,16 @@ class RedisClusterServers:
 
     def __init__(self, folder: Path) -> None:
         self.nodes = [
-            RedisServer(folder / f"node{i}", None, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                        "--cluster-node-timeout", "2000")  # fmt: skip
+            RedisServer(
+                folder / f"node{i}",
+                None,
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+            )
             for i in range(3)
         ]
 
@@ -93,8 +101,8 @@ class RedisClusterServers:
         for node in self.nodes:
             node.start()
         addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
-        subprocess.run([str(cli_binary()), "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
-                       check=True, capture_output=True, timeout=60)  # fmt: skip
+        create = [str(cli_binary()), "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"]
+        subprocess.run(create, check=True, capture_output=True, timeout=60)
         deadline = time.monotonic() + 30
         while any(redis.Redis(port=n.port).cluster("info").get("cluster_state") != "ok" for n in self.nodes):
             if time.monotonic() > deadline:

@@ -93,13 +93,19 @@ def test_materialize_publishes_the_latest_rows_with_the_models_scores(
     frame = tr.load_features(features).frame.iloc[:0]  # the model's column types
     import pandas as pd
 
-    rows = pd.DataFrame([{name: latest[i][name] for name in FEATURE_NAMES} for i in ids]).astype(frame[list(FEATURE_NAMES)].dtypes)
+    rows = pd.DataFrame([{name: latest[i][name] for name in FEATURE_NAMES} for i in ids]).astype(
+        frame[list(FEATURE_NAMES)].dtypes
+    )
     scores = pipeline.predict_proba(rows)[:, 1]
     threshold = card["threshold"]["value"]
     for client_id, score in zip(ids, scores, strict=True):
         row = latest[client_id]
         stored = client.hgetall(f"credit:{version}:client:{client_id}")
-        want = {name: str(row[name]) for name in FEATURE_NAMES if row[name] is not None and name != "avg_amount_loans_previous"}
+        want = {
+            name: str(row[name])
+            for name in FEATURE_NAMES
+            if row[name] is not None and name != "avg_amount_loans_previous"
+        }
         if row["avg_amount_loans_previous"] is not None:
             want["avg_amount_loans_previous"] = repr(row["avg_amount_loans_previous"])
         want |= {"loan_date": row["loan_date"].isoformat(), "score": repr(float(score)),
@@ -129,15 +135,25 @@ def test_materialize_republish_never_shows_a_reader_a_missing_or_partial_client(
             for client_id in (1, 150, 300):
                 version, record = reader.read(client_id)
                 seen.add(version)
-                if record is None or set(record) < {"nb_previous_loans", "loan_date", "score", "label", "model_version"}:
+                if record is None or set(record) < {
+                    "nb_previous_loans",
+                    "loan_date",
+                    "score",
+                    "label",
+                    "model_version",
+                }:
                     problems.append(f"{version}:{client_id}:{record}")
 
     poller = threading.Thread(target=poll)
     poller.start()
     try:
-        second = mz.run(spark, job_args(features, models, redis_url, grace_period_seconds=0.5, version_cache_seconds=0.2))
+        second = mz.run(
+            spark, job_args(features, models, redis_url, grace_period_seconds=0.5, version_cache_seconds=0.2)
+        )
         time.sleep(0.5)
-        third = mz.run(spark, job_args(features, models, redis_url, grace_period_seconds=0.5, version_cache_seconds=0.2))
+        third = mz.run(
+            spark, job_args(features, models, redis_url, grace_period_seconds=0.5, version_cache_seconds=0.2)
+        )
     finally:
         stop.set()
         poller.join()
@@ -164,7 +180,7 @@ def test_materialize_fails_cleanly_when_redis_runs_out_mid_load_and_a_rerun_succ
     admin.config_set("maxmemory-policy", "noeviction")
     admin.config_set("maxmemory", int(admin.info("memory")["used_memory"]) + 300_000)
     try:
-        with pytest.raises(mz.MaterializeError, match="active version is unchanged: redis.exceptions.OutOfMemoryError"):
+        with pytest.raises(mz.MaterializeError, match=r"unchanged: redis\.exceptions\.OutOfMemoryError"):
             mz.run(spark, job_args(features, models, redis_url))
     finally:
         admin.config_set("maxmemory", 0)
@@ -214,5 +230,7 @@ def test_materialize_command_publishes_and_refuses_without_an_approved_model(
     assert redis.Redis.from_url(redis_url, decode_responses=True).get("credit:active") == version
     logs = done.stdout + done.stderr  # spark-submit sends the driver's log lines to stdout
     assert f"published version {version} (previous none): 300 clients" in logs and "clients/s" in logs
-    refused = subprocess.run([*command, "--models", str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
+    refused = subprocess.run(
+        [*command, "--models", str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert refused.returncode == 2 and "no approved model" in refused.stdout + refused.stderr

@@ -37,13 +37,16 @@ def store(request: pytest.FixtureRequest) -> OnlineStore:
 
 
 def test_encode_leaves_nulls_out_and_decode_restores_types() -> None:
-    record = {"nb_previous_loans": 3, "avg_amount_loans_previous": 2134.5, "age": None, "years_on_the_job": float("nan"),
-              "flag_own_car": 0, "loan_date": dt.date(3021, 9, 18), "score": 0.1 + 0.2, "label": 1, "model_version": "v"}  # fmt: skip
+    record = {"nb_previous_loans": 3, "avg_amount_loans_previous": 2134.5, "age": None,
+              "years_on_the_job": float("nan"), "flag_own_car": 0, "loan_date": dt.date(3021, 9, 18),
+              "score": 0.1 + 0.2, "label": 1, "model_version": "v"}  # fmt: skip
     fields = encode(record)
     assert fields == {"nb_previous_loans": "3", "avg_amount_loans_previous": "2134.5", "flag_own_car": "0",
-                      "loan_date": "3021-09-18", "score": "0.30000000000000004", "label": "1", "model_version": "v"}  # fmt: skip
+                      "loan_date": "3021-09-18", "score": "0.30000000000000004", "label": "1",
+                      "model_version": "v"}  # fmt: skip
     assert decode(fields) == {"nb_previous_loans": 3, "avg_amount_loans_previous": 2134.5, "flag_own_car": 0,
-                              "loan_date": "3021-09-18", "score": 0.1 + 0.2, "label": 1, "model_version": "v"}  # fmt: skip
+                              "loan_date": "3021-09-18", "score": 0.1 + 0.2, "label": 1,
+                              "model_version": "v"}  # fmt: skip
 
 
 def test_store_reads_one_whole_published_version(store: OnlineStore) -> None:

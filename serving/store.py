@@ -19,6 +19,7 @@ Python's shortest round-trip form.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -57,8 +58,9 @@ def connect(url: str, connect_timeout: float, socket_timeout: float) -> Client:
         "socket_timeout": socket_timeout,
         "decode_responses": True,
         "health_check_interval": 0,
-        # No silent retries with backoff (redis-py's default): a down Redis must fail within the timeouts.
-        "retry": Retry(NoBackoff(), 0),
+        # No retries with backoff (redis-py's default): a down or hung Redis must fail within the timeouts.
+        # One immediate retry on a broken connection only, so a restarted Redis is used again at once.
+        "retry": Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
     }
     single = redis.Redis.from_url(url, **options)
     try:
@@ -194,7 +196,8 @@ class OnlineStore:
             fields = encode(record)
             if not fields:
                 raise StoreError(f"client {client_id} has no field to write (every value is empty)")
-            pipe.hset(self.client_key(version, client_id), mapping=fields)
+            # HSET key f1 v1 f2 v2 ... directly: hset(mapping=...) costs ~10% more per client in bulk.
+            pipe.execute_command("HSET", self.client_key(version, client_id), *itertools.chain(*fields.items()))
             if len(pipe) >= batch_size:
                 written += len(pipe.execute())
         if len(pipe):

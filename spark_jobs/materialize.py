@@ -46,7 +46,15 @@ from spark_jobs.session import build_session
 log = logging.getLogger(__name__)
 
 INT_FEATURES = ("nb_previous_loans", "age", "years_on_the_job", "flag_own_car")
-WRITTEN_SCHEMA = T.StructType([T.StructField("rows", T.LongType()), T.StructField("written", T.LongType())])
+# Per Arrow batch written: rows in, hashes written, and when the writes started and ended (epoch seconds).
+WRITTEN_SCHEMA = T.StructType(
+    [
+        T.StructField("rows", T.LongType()),
+        T.StructField("written", T.LongType()),
+        T.StructField("started", T.DoubleType()),
+        T.StructField("ended", T.DoubleType()),
+    ]
+)
 _MODELS: dict[str, Any] = {}  # per Python worker: the unpickled model of each version
 
 
@@ -101,7 +109,7 @@ class WriteTarget:
 
 
 def write_scored(latest: DataFrame, target: WriteTarget, model_bytes: Any) -> DataFrame:
-    """Score and write each Arrow batch from the executors; one (rows, written) row per batch."""
+    """Score and write each Arrow batch from the executors; one row per batch (see WRITTEN_SCHEMA)."""
 
     def write_batches(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         model = _MODELS.get(target.model_version)
@@ -111,8 +119,10 @@ def write_scored(latest: DataFrame, target: WriteTarget, model_bytes: Any) -> Da
         try:
             for frame in frames:
                 scored = score_frame(frame, model, target.threshold, target.model_version)
+                started = time.time()
                 written = store.write(target.version, records(scored), target.redis.batch_size)
-                yield pd.DataFrame({"rows": [len(frame)], "written": [written]})
+                yield pd.DataFrame({"rows": [len(frame)], "written": [written], "started": [started],
+                                    "ended": [time.time()]})  # fmt: skip
         finally:
             store.client.close()
 
@@ -195,7 +205,8 @@ def _load(
             write_scored(latest_per_client(features), target, broadcast)
             .agg(
                 F.coalesce(F.sum("rows"), F.lit(0)).alias("rows"),
-                F.coalesce(F.sum("written"), F.lit(0)).alias("written"),
+                F.min("started").alias("started"),
+                F.max("ended").alias("ended"),
             )
             .first()
         )
@@ -206,8 +217,11 @@ def _load(
     as_of = seen["as_of"].isoformat() if seen["as_of"] else ""
     store.client.hset(store.meta_key(version), mapping={"rows": str(seen["rows"]), "as_of": as_of})
     previous = store.publish(version)
+    load_seconds = (totals["ended"] - totals["started"]) if totals["started"] is not None else 0.0
     return {"version": version, "previous": previous, "clients": clients, "rows": seen["rows"], "as_of": as_of,
-            "model_version": card["version"], "prefix": store.prefix, "url": redacted(url)}  # fmt: skip
+            "model_version": card["version"], "prefix": store.prefix, "url": redacted(url),
+            "write_seconds": round(load_seconds, 3),
+            "write_clients_per_second": round(clients / load_seconds, 1) if load_seconds > 0 else None}  # fmt: skip
 
 
 def _discard(store: OnlineStore, version: str) -> None:
@@ -255,7 +269,8 @@ def summary_line(summary: dict[str, Any]) -> str:
     return (
         f"published version {summary['version']} (previous {summary['previous'] or 'none'}): "
         f"{summary['clients']:,} clients from {summary['rows']:,} feature rows as of {summary['as_of']}, "
-        f"model {summary['model_version']}, {summary['seconds']:.1f} s, {summary['clients_per_second']:,.0f} clients/s"
+        f"model {summary['model_version']}, {summary['seconds']:.1f} s in all ({summary['clients_per_second']:,.0f} "
+        f"clients/s), {summary['write_seconds']:.1f} s from first to last write"
     )
 
 

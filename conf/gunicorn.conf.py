@@ -1,0 +1,36 @@
+"""gunicorn settings of the service: `gunicorn -c conf/gunicorn.conf.py "serving.app:create_app()"`.
+
+Environment: BIND (default 127.0.0.1:8000), WEB_WORKERS (default: the CPU count), WEB_THREADS
+(default 4; requests mostly wait on Redis), PROMETHEUS_MULTIPROC_DIR (default var/prometheus).
+"""
+
+import os
+import shutil
+from pathlib import Path
+
+bind = os.environ.get("BIND", "127.0.0.1:8000")
+workers = int(os.environ.get("WEB_WORKERS", os.cpu_count() or 1))
+threads = int(os.environ.get("WEB_THREADS", "4"))
+worker_class = "gthread"
+timeout = 30
+graceful_timeout = 10
+keepalive = 5
+accesslog = os.environ.get("ACCESS_LOG") or None  # "-" logs every request to stdout
+errorlog = "-"
+loglevel = "info"
+
+# Each worker keeps its metrics in this folder; /metrics adds them up (prometheus_client multiprocess mode).
+metrics_dir = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(Path("var") / "prometheus"))).resolve()
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+
+
+def on_starting(server):
+    """Start with empty metrics: values of an earlier run's workers would be added up otherwise."""
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

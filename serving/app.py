@@ -1,0 +1,260 @@
+"""The Flask service: features and credit risk of a client, read from the online store (DESIGN §9).
+
+    gunicorn -c conf/gunicorn.conf.py "serving.app:create_app()"
+
+Every answer is JSON. A request costs one Redis round trip (a batch: one pipelined round trip);
+the scores were computed by the batch load with the approved model. Redis unreachable or hung
+gives a 503 within the configured timeouts, and the next request after Redis is back succeeds.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import redis
+import swagger_ui_bundle
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, send_from_directory
+from pydantic import ValidationError
+from werkzeug.exceptions import HTTPException
+
+from conf import load_settings
+from conf.settings import LOG_FORMAT
+from serving import embedded, metrics, schemas
+from serving.store import NotPublished, OnlineStore, connect
+from spark_jobs.schema import FEATURE_NAMES, MAX_ID
+
+log = logging.getLogger(__name__)
+
+CLIENT_ID = re.compile(r"[0-9]{1,19}")
+STORE = "credit_store"
+
+
+class ApiError(Exception):
+    """An error answer: HTTP status, stable code, message."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+class StoreHolder:
+    """The app's one store, connected on first use so the app starts (and answers 503) while Redis is down."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self._config = config
+        self._store: OnlineStore | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> OnlineStore:
+        if self._store is None:
+            with self._lock:
+                if self._store is None:
+                    c = self._config
+                    client = connect(c["REDIS_URL"], c["REDIS_CONNECT_TIMEOUT"], c["REDIS_SOCKET_TIMEOUT"])
+                    self._store = OnlineStore(client, c["REDIS_PREFIX"], c["VERSION_CACHE_SECONDS"])
+        return self._store
+
+
+def parse_client_id(text: str) -> int:
+    """A client id from the path: a whole number in 1 .. 2^63-1, else a 400."""
+    if CLIENT_ID.fullmatch(text) and 1 <= int(text) <= MAX_ID:
+        return int(text)
+    shown = text if len(text) <= 40 else text[:40] + "..."
+    raise ApiError(400, "invalid_client_id", f"client id must be a whole number in 1 .. 2^63-1, got {shown!r}")
+
+
+def features_answer(client_id: int, version: str, record: dict[str, Any]) -> dict[str, Any]:
+    return {"client_id": client_id, "loan_date": record["loan_date"], "version": version,
+            "features": {name: record.get(name) for name in FEATURE_NAMES}}  # fmt: skip
+
+
+def risk_answer(client_id: int, version: str, record: dict[str, Any]) -> dict[str, Any]:
+    return {**features_answer(client_id, version, record), "score": record["score"], "label": record["label"],
+            "model_version": record["model_version"]}  # fmt: skip
+
+
+def read_client(raw_id: str) -> tuple[int, str, dict[str, Any]]:
+    client_id = parse_client_id(raw_id)
+    version, record = current_app.extensions[STORE].get().read(client_id)
+    if record is None:
+        raise ApiError(404, "unknown_client", f"client {client_id} is not in the published version {version}")
+    return client_id, version, record
+
+
+api = Blueprint("api", __name__)
+
+
+@api.get("/online_feature_store/client_id=<raw_id>")
+@api.get("/v1/clients/<raw_id>/features")
+def features(raw_id: str) -> Response:
+    return jsonify(features_answer(*read_client(raw_id)))
+
+
+@api.get("/credit_risk/client_id=<raw_id>")
+@api.get("/v1/clients/<raw_id>/credit-risk")
+def credit_risk(raw_id: str) -> Response:
+    return jsonify(risk_answer(*read_client(raw_id)))
+
+
+@api.post("/v1/credit-risk/batch")
+def credit_risk_batch() -> Response:
+    body = request.get_json(silent=True)
+    if body is None:
+        raise ApiError(400, "invalid_body", 'the body must be JSON: {"client_ids": [1, 2, ...]}')
+    limit = current_app.config["BATCH_LIMIT"]
+    if isinstance(body, dict) and isinstance(body.get("client_ids"), list) and len(body["client_ids"]) > limit:
+        raise ApiError(400, "batch_too_large", f"{len(body['client_ids'])} client ids; at most {limit} per request")
+    try:
+        ids = schemas.BatchRequest.model_validate(body).client_ids
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        raise ApiError(
+            400, "invalid_body", f'{where}: {first["msg"]} (expected {{"client_ids": [1, 2, ...]}})'
+        ) from None
+    version, records = current_app.extensions[STORE].get().read_many(ids)
+    results = [risk_answer(i, version, r) if r else {"client_id": i, "error": "not_found"}
+               for i, r in zip(ids, records, strict=True)]  # fmt: skip
+    return jsonify({"version": version, "results": results})
+
+
+ops = Blueprint("ops", __name__)
+
+
+@ops.get("/health")
+def health() -> Response:
+    return jsonify({"status": "ok"})
+
+
+@ops.get("/ready")
+def ready() -> tuple[Response, int]:
+    try:
+        version = current_app.extensions[STORE].get().active_version(fresh=True)
+    except redis.RedisError as exc:
+        return jsonify({"status": "not_ready", "reason": f"Redis unreachable: {type(exc).__name__}"}), 503
+    if version is None:
+        return jsonify({"status": "not_ready", "reason": "no version published"}), 503
+    return jsonify({"status": "ready", "version": version}), 200
+
+
+@ops.get("/openapi.json")
+def openapi() -> Response:
+    return jsonify(current_app.config["OPENAPI"])
+
+
+DOCS_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Credit-risk API</title>
+<link rel="stylesheet" href="/docs/swagger-ui.css"></head>
+<body><div id="swagger-ui"></div>
+<script src="/docs/swagger-ui-bundle.js"></script>
+<script src="/docs/swagger-ui-standalone-preset.js"></script>
+<script>window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui",
+  presets: [SwaggerUIBundle.presets.apis, SwaggerUIStandalonePreset], layout: "StandaloneLayout"});</script>
+</body></html>
+"""
+
+
+@ops.get("/docs")
+def docs() -> Response:
+    return Response(DOCS_PAGE, mimetype="text/html")
+
+
+@ops.get("/docs/<path:asset>")
+def docs_asset(asset: str) -> Response:
+    """Swagger UI's files, served from the installed package so the page works with no internet."""
+    return send_from_directory(Path(swagger_ui_bundle.swagger_ui_path), asset, max_age=3600)
+
+
+@ops.get("/metrics")
+def metrics_page() -> Response:
+    body, content_type = metrics.render()
+    return Response(body, content_type=content_type)
+
+
+def _error(status: int, code: str, message: str) -> tuple[Response, int]:
+    return jsonify({"error": {"code": code, "message": message}}), status
+
+
+def register_errors(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def api_error(exc: ApiError) -> tuple[Response, int]:
+        return _error(exc.status, exc.code, exc.message)
+
+    @app.errorhandler(NotPublished)
+    def not_published(exc: NotPublished) -> tuple[Response, int]:
+        return _error(503, "not_published", "no version of the online store is published yet")
+
+    @app.errorhandler(redis.RedisError)
+    def redis_down(exc: redis.RedisError) -> tuple[Response, int]:
+        log.warning("Redis error on %s %s: %s: %s", request.method, request.path, type(exc).__name__, exc)
+        response, status = _error(503, "redis_unavailable", "the online store is unreachable; retry shortly")
+        response.headers["Retry-After"] = "1"
+        return response, status
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> tuple[Response, int]:
+        response, status = _error(exc.code or 500, exc.name.lower().replace(" ", "_"), exc.description or exc.name)
+        for name, value in exc.get_response().headers.items():  # keeps Allow on a 405
+            if name.lower() not in ("content-type", "content-length"):
+                response.headers[name] = value
+        return response, status
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> tuple[Response, int]:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return _error(500, "internal_error", "unexpected error; it was logged")
+
+
+def register_metrics(app: Flask) -> None:
+    @app.before_request
+    def start_timer() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def record(response: Response) -> Response:
+        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+        metrics.observe(request.method, endpoint, response.status_code, time.perf_counter() - g.get("started", 0))
+        return response
+
+
+def default_config() -> dict[str, Any]:
+    """The settings file and environment (REDIS_URL overrides), as Flask config keys."""
+    settings = load_settings()
+    r = settings.redis
+    return {
+        "REDIS_URL": r.url or embedded.url_for(r.embedded_port), "REDIS_PREFIX": r.prefix,
+        "REDIS_CONNECT_TIMEOUT": r.connect_timeout, "REDIS_SOCKET_TIMEOUT": r.socket_timeout,
+        "VERSION_CACHE_SECONDS": r.version_cache_seconds, "BATCH_LIMIT": settings.service.batch_limit,
+        "MAX_CONTENT_LENGTH": 1024 * 1024,
+    }  # fmt: skip
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """The app: defaults, then the settings file and environment, then `test_config`, then blueprints."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    app = Flask(__name__)
+    app.config.from_mapping(default_config())
+    if test_config:
+        app.config.from_mapping(test_config)
+    app.config["OPENAPI"] = schemas.openapi(app.config["BATCH_LIMIT"])
+    app.json.sort_keys = False
+    app.extensions[STORE] = StoreHolder(app.config)
+    register_errors(app)
+    register_metrics(app)
+    app.register_blueprint(api)
+    app.register_blueprint(ops)
+    log.info(
+        "serving the online store at %s (prefix %s)", _redacted(app.config["REDIS_URL"]), app.config["REDIS_PREFIX"]
+    )
+    return app
+
+
+def _redacted(url: str) -> str:
+    return re.sub(r"//([^@/]*):[^@/]*@", r"//\1:***@", url)

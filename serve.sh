@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Serve the API under gunicorn (conf/gunicorn.conf.py) on ${BIND:-127.0.0.1:8000}.
+#
+#   ./serve.sh
+#
+# With no REDIS_URL (or [redis] url) configured, the embedded Redis is started (or reused) and is shut
+# down, saving its data to var/redis, when the service stops (Ctrl-C); KEEP_REDIS=1 leaves it running.
+# Prints example requests with a real client id.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cd "$root"
+venv=${VENV:-$root/.venv}
+py="$venv/bin/python"
+if [[ ! -x "$venv/bin/gunicorn" ]]; then
+    echo "serve.sh: no gunicorn in $venv; run 'make install' first" >&2
+    exit 2
+fi
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+bind=${BIND:-127.0.0.1:8000}
+export BIND=$bind
+
+embedded=""
+if [[ -z "${REDIS_URL:-}${CREDIT_REDIS_URL:-}" ]] && grep -Eq '^url = ""' "${CREDIT_SETTINGS:-conf/settings.toml}"; then
+    "$py" -m serving.embedded start >/dev/null
+    embedded=yes
+fi
+stop_redis() {
+    if [[ -n "$embedded" && -z "${KEEP_REDIS:-}" ]]; then
+        "$py" -m serving.embedded stop
+    fi
+}
+trap stop_redis EXIT
+
+if id=$("$py" spark_jobs/main.py sample-id 2>/dev/null); then
+    cat <<EXAMPLES
+
+Serving on http://$bind (Ctrl-C stops it). Try:
+  curl http://$bind/ready
+  curl http://$bind/online_feature_store/client_id=$id
+  curl http://$bind/credit_risk/client_id=$id
+  curl http://$bind/v1/clients/$id/credit-risk
+  curl -X POST -H 'Content-Type: application/json' -d '{"client_ids": [$id, 1]}' http://$bind/v1/credit-risk/batch
+  API description: http://$bind/docs   metrics: http://$bind/metrics
+
+EXAMPLES
+else
+    echo "No version is published yet: /ready answers 503 until './spark-submit.sh materialize' runs." >&2
+fi
+
+# Not exec: the EXIT trap stops the embedded Redis once gunicorn has shut down.
+"$venv/bin/gunicorn" -c conf/gunicorn.conf.py "serving.app:create_app()" || true

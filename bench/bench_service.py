@@ -35,7 +35,8 @@ from tests.redis_servers import RedisServer, free_port  # noqa: E402
 WORK = ROOT / "var" / "bench" / "service"
 RESULTS = ROOT / "bench" / "results" / "service.json"
 RECORD = {"nb_previous_loans": 12, "avg_amount_loans_previous": 2134.56789, "age": 41, "years_on_the_job": 7,
-          "flag_own_car": 1, "loan_date": "2020-11-05", "score": 0.4123456789, "label": 0, "model_version": "m1"}  # fmt: skip
+          "flag_own_car": 1, "loan_date": "2020-11-05", "score": 0.4123456789, "label": 0,
+          "model_version": "m1"}  # fmt: skip
 LUA = """
 math.randomseed(%d)
 request = function()

@@ -1,17 +1,17 @@
 """The benchmark's baseline: a trivial Flask app answering a fixed JSON object, run under the same gunicorn."""
 
-from flask import Flask, jsonify
+from flask import Flask, Response, jsonify
 
 
 def create_app() -> Flask:
     app = Flask(__name__)
 
     @app.get("/trivial")
-    def trivial():  # noqa: ANN202
+    def trivial() -> Response:
         return jsonify({"client_id": 1, "status": "ok"})
 
     @app.get("/health")
-    def health():  # noqa: ANN202
+    def health() -> Response:
         return jsonify({"status": "ok"})
 
     return app

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import redis
 
@@ -46,7 +46,9 @@ def versions_table(store: OnlineStore) -> str:
     return "\n".join(lines)
 
 
-def _run(argv: Sequence[str] | None, name: str, action, version: bool = False) -> int:  # noqa: ANN001
+def _run(
+    argv: Sequence[str] | None, name: str, action: Callable[[OnlineStore, str], int], version: bool = False
+) -> int:
     settings = command_settings()
     if settings is None:
         return 2

@@ -243,6 +243,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config.from_mapping(default_config())
     if test_config:
         app.config.from_mapping(test_config)
+    try:  # a malformed URL stops the start-up; an unreachable Redis does not (503 until it answers)
+        redis.ConnectionPool.from_url(app.config["REDIS_URL"]).disconnect()
+    except ValueError as exc:
+        raise ValueError(f"bad Redis URL {_redacted(app.config['REDIS_URL'])!r}: {exc}") from None
     app.config["OPENAPI"] = schemas.openapi(app.config["BATCH_LIMIT"])
     app.json.sort_keys = False
     app.extensions[STORE] = StoreHolder(app.config)

@@ -17,6 +17,7 @@ import dataclasses
 import datetime as dt
 import io
 import logging
+import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -55,6 +56,7 @@ WRITTEN_SCHEMA = T.StructType(
         T.StructField("ended", T.DoubleType()),
     ]
 )
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception): ")
 _MODELS: dict[str, Any] = {}  # per Python worker: the unpickled model of each version
 
 
@@ -233,12 +235,12 @@ def _discard(store: OnlineStore, version: str) -> None:
 
 
 def _reason(exc: BaseException) -> str:
-    """The useful line of an error, also when it comes back from an executor through Spark."""
-    text = str(exc)
-    for line in text.splitlines():
-        if "redis.exceptions." in line or "Error" in line.split(":")[0]:
-            return line.strip()
-    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    """The useful line of an error: from an executor, the last exception line of the Python traceback."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in reversed(lines):
+        if EXCEPTION_LINE.match(line):
+            return line
+    return lines[0] if lines else type(exc).__name__
 
 
 def _utc_now() -> str:

@@ -175,6 +175,11 @@ def test_app_starts_while_redis_is_down() -> None:
     assert client.get("/v1/clients/7/credit-risk").status_code == 503
 
 
+def test_app_refuses_to_start_with_a_malformed_redis_url() -> None:
+    with pytest.raises(ValueError, match=r"bad Redis URL 'http://:\*\*\*@host:1/0'"):
+        create_app(app_config("http://:secret@host:1/0"))
+
+
 def test_app_metrics_count_requests_latency_and_errors(client: FlaskClient) -> None:
     def value(text: str, prefix: str) -> float:
         lines = [line for line in text.splitlines() if line.startswith(prefix)]

@@ -22,7 +22,7 @@ from model import train as tr
 from serving.store import OnlineStore, connect
 from spark_jobs import materialize as mz
 from spark_jobs.schema import FEATURE_NAMES
-from tests.redis_servers import free_port
+from tests.redis_servers import RedisServer, free_port
 from tests.synthetic import synthetic_features
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -191,6 +191,42 @@ def test_materialize_fails_cleanly_when_redis_runs_out_mid_load_and_a_rerun_succ
         "credit:active", "credit:versions"]  # fmt: skip
     again = mz.run(spark, job_args(features, models, redis_url))
     assert again["previous"] == first["version"] and admin.get("credit:active") == again["version"]
+
+
+def test_materialize_survives_redis_going_down_during_a_load(
+    spark: SparkSession, approved: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Redis stops right after the load registered its version: the job fails, the active version is whole."""
+    features, models = approved
+    server = RedisServer(tmp_path / "redis", None, "--appendonly", "yes", "--appendfsync", "always").start()
+    try:
+        first = mz.run(spark, job_args(features, models, server.url))
+        admin = redis.Redis.from_url(server.url, decode_responses=True)
+        before = {key: admin.hgetall(key) for key in admin.scan_iter(f"credit:{first['version']}:*")}
+
+        def stop_when_the_next_load_begins() -> None:
+            deadline = time.monotonic() + 60
+            while admin.zcard("credit:versions") < 2 and time.monotonic() < deadline:
+                time.sleep(0.002)
+            server.stop()
+
+        watcher = threading.Thread(target=stop_when_the_next_load_begins)
+        watcher.start()
+        with pytest.raises(mz.MaterializeError, match=r"active version is unchanged: .*(Connection|connecting)"):
+            mz.run(spark, job_args(features, models, server.url))
+        watcher.join()
+        server.start()  # the append-only file brings the data back
+        admin = redis.Redis.from_url(server.url, decode_responses=True)
+        assert admin.get("credit:active") == first["version"]
+        assert {key: admin.hgetall(key) for key in admin.scan_iter(f"credit:{first['version']}:*")} == before
+        again = mz.run(
+            spark, job_args(features, models, server.url, grace_period_seconds=0.001, version_cache_seconds=0)
+        )
+        assert again["previous"] == first["version"] and admin.get("credit:active") == again["version"]
+        assert len(again["removed"]) == 1  # the failed load's leftovers
+        assert admin.zrange("credit:versions", 0, -1) == [first["version"], again["version"]]
+    finally:
+        server.stop()
 
 
 def test_materialize_with_redis_down_fails_fast_and_names_it(spark: SparkSession, approved: tuple[Path, Path]) -> None:

@@ -229,6 +229,22 @@ def test_materialize_survives_redis_going_down_during_a_load(
         server.stop()
 
 
+def test_materialize_with_zero_clients_never_moves_the_pointer(
+    spark: SparkSession, approved: tuple[Path, Path], redis_url: str, tmp_path: Path
+) -> None:
+    features, models = approved
+    first = mz.run(spark, job_args(features, models, redis_url))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    table = pq.read_table(features)
+    pq.write_table(table.slice(0, 0), empty / "part-0.parquet")
+    with pytest.raises(mz.MaterializeError, match="holds 0 clients, expected 0"):
+        mz.run(spark, job_args(empty, models, redis_url))
+    admin = redis.Redis.from_url(redis_url, decode_responses=True)
+    assert admin.get("credit:active") == first["version"]
+    assert admin.zrange("credit:versions", 0, -1) == [first["version"]]
+
+
 def test_materialize_with_redis_down_fails_fast_and_names_it(spark: SparkSession, approved: tuple[Path, Path]) -> None:
     features, models = approved
     url = f"redis://:secret@127.0.0.1:{free_port()}/0"

@@ -13,7 +13,7 @@ import redis
 
 from serving import embedded
 from serving.store import NotPublished, OnlineStore, StoreError, connect, decode, encode
-from tests.redis_servers import free_port
+from tests.redis_servers import TlsProxy, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -140,6 +140,24 @@ def test_store_connect_uses_the_password_in_the_url(redis_url: str) -> None:
         assert client.ping() is True
         client.config_set("requirepass", "")
     finally:
+        admin.close()
+
+
+def test_store_connects_over_tls_with_a_password_from_a_rediss_url(redis_url: str, tmp_path: Path) -> None:
+    admin = redis.Redis.from_url(redis_url)
+    admin.config_set("requirepass", "s3cret")
+    proxy = TlsProxy(tmp_path / "tls", admin.connection_pool.connection_kwargs["port"])
+    try:
+        store = OnlineStore(connect(proxy.url("s3cret"), 0.5, 1.0), version_cache_seconds=0)
+        load(store, "v1", {7: {"age": 41, "loan_date": "2020-01-01"}})
+        store.publish("v1")
+        assert store.read(7) == ("v1", {"age": 41, "loan_date": "2020-01-01"})
+        untrusted = proxy.url("s3cret").split("?")[0]  # the self-signed certificate is not trusted
+        with pytest.raises(redis.ConnectionError, match="certificate verify failed"):
+            connect(untrusted, 0.5, 1.0)
+    finally:
+        proxy.close()
+        redis.Redis.from_url(redis_url, password="s3cret").config_set("requirepass", "")
         admin.close()
 
 

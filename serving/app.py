@@ -26,7 +26,7 @@ from werkzeug.exceptions import HTTPException
 from conf import load_settings
 from conf.settings import LOG_FORMAT
 from serving import embedded, metrics, schemas
-from serving.store import NotPublished, OnlineStore, connect
+from serving.store import NotPublished, OnlineStore, connect, redacted
 from spark_jobs.schema import FEATURE_NAMES, MAX_ID
 
 log = logging.getLogger(__name__)
@@ -246,7 +246,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     try:  # a malformed URL stops the start-up; an unreachable Redis does not (503 until it answers)
         redis.ConnectionPool.from_url(app.config["REDIS_URL"]).disconnect()
     except ValueError as exc:
-        raise ValueError(f"bad Redis URL {_redacted(app.config['REDIS_URL'])!r}: {exc}") from None
+        raise ValueError(f"bad Redis URL {redacted(app.config['REDIS_URL'])!r}: {exc}") from None
     app.config["OPENAPI"] = schemas.openapi(app.config["BATCH_LIMIT"])
     app.json.sort_keys = False
     app.extensions[STORE] = StoreHolder(app.config)
@@ -255,10 +255,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(api)
     app.register_blueprint(ops)
     log.info(
-        "serving the online store at %s (prefix %s)", _redacted(app.config["REDIS_URL"]), app.config["REDIS_PREFIX"]
+        "serving the online store at %s (prefix %s)", redacted(app.config["REDIS_URL"]), app.config["REDIS_PREFIX"]
     )
     return app
-
-
-def _redacted(url: str) -> str:
-    return re.sub(r"//([^@/]*):[^@/]*@", r"//\1:***@", url)

@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -276,6 +277,10 @@ def _parse_utc(text: str) -> float:
     return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
 
 
-def store_from_settings(settings: RedisSettings, url: str | None = None) -> OnlineStore:
-    """The store on the configured (or given) URL, with the configured prefix and version cache."""
-    return OnlineStore(client_from_settings(settings, url), settings.prefix, settings.version_cache_seconds)
+def redacted(url: str) -> str:
+    """The URL without its password, for logs and messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))

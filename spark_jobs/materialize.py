@@ -24,7 +24,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import joblib
 import numpy as np
@@ -40,18 +39,17 @@ from conf import Settings, command_settings
 from conf.settings import RedisSettings
 from model import registry
 from serving import embedded
-from serving.store import OnlineStore, StoreError, client_from_settings
+from serving.store import OnlineStore, StoreError, client_from_settings, redacted
 from spark_jobs.schema import FEATURE_NAMES
 from spark_jobs.session import build_session
 
 log = logging.getLogger(__name__)
 
 INT_FEATURES = ("nb_previous_loans", "age", "years_on_the_job", "flag_own_car")
-# Per Arrow batch written: rows in, hashes written, and when the writes started and ended (epoch seconds).
+# Per Arrow batch written: its rows, and when its writes started and ended (epoch seconds).
 WRITTEN_SCHEMA = T.StructType(
     [
         T.StructField("rows", T.LongType()),
-        T.StructField("written", T.LongType()),
         T.StructField("started", T.DoubleType()),
         T.StructField("ended", T.DoubleType()),
     ]
@@ -122,22 +120,12 @@ def write_scored(latest: DataFrame, target: WriteTarget, model_bytes: Any) -> Da
             for frame in frames:
                 scored = score_frame(frame, model, target.threshold, target.model_version)
                 started = time.time()
-                written = store.write(target.version, records(scored), target.redis.batch_size)
-                yield pd.DataFrame({"rows": [len(frame)], "written": [written], "started": [started],
-                                    "ended": [time.time()]})  # fmt: skip
+                store.write(target.version, records(scored), target.redis.batch_size)
+                yield pd.DataFrame({"rows": [len(frame)], "started": [started], "ended": [time.time()]})
         finally:
             store.client.close()
 
     return latest.mapInPandas(write_batches, WRITTEN_SCHEMA)
-
-
-def redacted(url: str) -> str:
-    """The URL without its password, for logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def new_version(store: OnlineStore, now: dt.datetime) -> str:

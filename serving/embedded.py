@@ -113,16 +113,14 @@ def main(argv: list[str] | None = None) -> int:
         elif action == "stop":
             stop(port)
         elif action == "ensure":
-            if settings.redis.url:
-                print("configured")
-            else:
-                start(port, folder)
-                print("embedded")
+            resolve_url(settings.redis)
+            print("configured" if settings.redis.url else "embedded")
         elif action == "url":
             print(url_for(port))
         elif action == "status":
-            print(f"{url_for(port)} {'running' if _answers(port) else 'not running'}")
-            return 0 if _answers(port) else 1
+            running = _answers(port)
+            print(f"{url_for(port)} {'running' if running else 'not running'}")
+            return 0 if running else 1
         elif action == "cli":
             os.execv(cli_binary(), [str(cli_binary()), "-h", HOST, "-p", str(port), *argv[1:]])
         else:

@@ -187,7 +187,8 @@ class OnlineStore:
         if self.client.exists(self.meta_key(version)):
             raise StoreError(f"version {version} already exists in {self.prefix}")
         self.client.zadd(self.versions_key, {version: time.time() if now is None else now})
-        self.client.hset(self.meta_key(version), mapping=encode({**meta, "status": LOADING}))
+        fields = {**meta, "status": LOADING, "created_at": _utc_now()}
+        self.client.hset(self.meta_key(version), mapping=encode(fields))
 
     def write(self, version: str, records: Iterable[tuple[int, Mapping[str, Any]]], batch_size: int = 1000) -> int:
         """HSET each (client id, record) into the version, `batch_size` per non-transactional pipeline."""
@@ -256,13 +257,14 @@ class OnlineStore:
         now = time.time() if now is None else now
         active = self.client.get(self.active_key)
         started = dict(self.client.zrange(self.versions_key, 0, -1, withscores=True))
-        published = [v for v in sorted(started) if v != active and self.meta(v).get("published_at")]
+        metas = {version: self.meta(version) for version in started}
+        published = [v for v in sorted(started) if v != active and metas[v].get("published_at")]
         keep = {active, published[-1] if published else None}
         removed = []
         for version, start in sorted(started.items()):
             if version in keep:
                 continue
-            superseded = self.meta(version).get("superseded_at")
+            superseded = metas[version].get("superseded_at")
             since = _parse_utc(superseded) if superseded else start
             if now - since >= grace_seconds:
                 log.info("removing version %s (%d keys)", version, self.remove(version))

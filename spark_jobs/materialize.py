@@ -39,13 +39,12 @@ from conf import Settings, command_settings
 from conf.settings import RedisSettings
 from model import registry
 from serving import embedded
-from serving.store import OnlineStore, StoreError, client_from_settings, redacted
+from serving.store import FLOAT_FIELDS, INT_FIELDS, OnlineStore, StoreError, client_from_settings, redacted
 from spark_jobs.schema import FEATURE_NAMES
 from spark_jobs.session import build_session
 
 log = logging.getLogger(__name__)
 
-INT_FEATURES = ("nb_previous_loans", "age", "years_on_the_job", "flag_own_car")
 # Per Arrow batch written: its rows, and when its writes started and ended (epoch seconds).
 WRITTEN_SCHEMA = T.StructType(
     [
@@ -87,10 +86,10 @@ def records(scored: pd.DataFrame) -> Iterator[tuple[int, list[str]]]:
     columns: dict[str, list[Any]] = {}
     for name in (*FEATURE_NAMES, "loan_date", "score", "label", "model_version"):
         values = scored[name]
-        if name in INT_FEATURES or name == "label":
+        if name in INT_FIELDS:
             present = values.notna().to_numpy()
             text = np.where(present, values.fillna(0).astype("int64").astype(str), None)
-        elif name in ("avg_amount_loans_previous", "score"):
+        elif name in FLOAT_FIELDS:
             text = [None if v != v else repr(v) for v in values.astype("float64").tolist()]
         else:
             text = values.tolist()
@@ -162,7 +161,7 @@ def run(spark: SparkSession, args: MaterializeArgs) -> dict[str, Any]:
         store.client.ping()
         version = new_version(store, dt.datetime.now(dt.UTC))
         store.begin(version, {"source": args.features, "model_version": card["version"],
-                              "feature_names": ",".join(FEATURE_NAMES), "created_at": _utc_now()})  # fmt: skip
+                              "feature_names": ",".join(FEATURE_NAMES)})  # fmt: skip
     except redis.RedisError as exc:
         raise MaterializeError(f"Redis at {redacted(url)} is unreachable or refused the load: {exc}") from None
     log.info(
@@ -235,10 +234,6 @@ def _reason(exc: BaseException) -> str:
         if EXCEPTION_LINE.match(line):
             return line
     return lines[0] if lines else type(exc).__name__
-
-
-def _utc_now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_args(argv: Sequence[str] | None, settings: Settings) -> MaterializeArgs:

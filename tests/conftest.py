@@ -51,13 +51,9 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 @pytest.fixture
 def redis_url(redis_server: RedisServer) -> Iterator[str]:
     """The test Redis, running and empty again after each test."""
-    if redis_server.process is None or redis_server.process.poll() is not None:
-        redis_server.start()
-    redis_server.resume()
+    redis_server.ensure_running()
     yield redis_server.url
-    redis_server.resume()
-    if redis_server.process is None or redis_server.process.poll() is not None:
-        redis_server.start()
+    redis_server.ensure_running()
     redis.Redis.from_url(redis_server.url).flushdb()
 
 

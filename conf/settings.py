@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import logging
 import os
 import re
 import tomllib
@@ -47,6 +46,11 @@ class FeaturesSettings:
     output: str
     as_of: dt.date | None
 
+    @property
+    def features_dir(self) -> str:
+        """The feature job's `OUT/features`: the default input of training, backtest and materialize."""
+        return str(Path(self.output) / "features")
+
 
 @dataclasses.dataclass(frozen=True)
 class SampleSettings:
@@ -56,22 +60,32 @@ class SampleSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class ClassifierSettings:
+    """The estimator's parameters (a random forest), in their own table `[model.classifier]`."""
+
+    n_estimators: int
+    max_depth: int
+    min_samples_leaf: int
+
+    def __post_init__(self) -> None:
+        _at_least_one("model.classifier", self, "n_estimators", "max_depth", "min_samples_leaf")
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelSettings:
     models_dir: str
     seed: int
     test_clients: float
     validation_clients: float
-    n_estimators: int
-    max_depth: int
-    min_samples_leaf: int
     smote_k_neighbors: int
+    classifier: ClassifierSettings
 
     def __post_init__(self) -> None:
         for name in ("test_clients", "validation_clients"):
             share = getattr(self, name)
             if not 0 < share < 1:
                 raise SettingsError(f"[model] {name}: expected a share between 0 and 1, got {share}")
-        _at_least_one("model", self, "n_estimators", "max_depth", "min_samples_leaf", "smote_k_neighbors")
+        _at_least_one("model", self, "smote_k_neighbors")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,7 +188,7 @@ def _convert(where: str, value: Any, kind: Any) -> Any:
 
 
 def _build(cls: type, section: str, values: Mapping[str, Any], env: Mapping[str, str]) -> Any:
-    """Build one settings section from the file's table and the environment."""
+    """Build one settings section (a table, which may hold tables) from the file and the environment."""
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(values) - names
@@ -182,8 +196,13 @@ def _build(cls: type, section: str, values: Mapping[str, Any], env: Mapping[str,
         raise SettingsError(f"[{section}]: unknown key(s) {sorted(unknown)}")
     kwargs = {}
     for name in names:
-        env_name = f"{ENV_PREFIX}{section}_{name}".upper()
-        if (section, name) == ("redis", "url") and env.get(REDIS_URL_ENV):
+        env_name = f"{ENV_PREFIX}{section.replace('.', '_')}_{name}".upper()
+        if dataclasses.is_dataclass(hints[name]):
+            table = values.get(name, {})
+            if not isinstance(table, dict):
+                raise SettingsError(f"[{section}.{name}] must be a table")
+            kwargs[name] = _build(hints[name], f"{section}.{name}", table, env)
+        elif (section, name) == ("redis", "url") and env.get(REDIS_URL_ENV):
             kwargs[name] = env[REDIS_URL_ENV]
         elif env_name in env:
             kwargs[name] = _convert(env_name, env[env_name], hints[name])
@@ -222,17 +241,3 @@ def load_settings(path: str | None = None, env: Mapping[str, str] | None = None)
             raise SettingsError(f"[{section}] must be a table")
         sections[section] = _build(cls, section, table, env)
     return Settings(**sections)
-
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-def command_settings() -> Settings | None:
-    """Start-up of a command: configure logging once, load the settings; None (logged) when they are wrong."""
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    logging.getLogger("py4j").setLevel(logging.WARNING)
-    try:
-        return load_settings()
-    except SettingsError as exc:
-        logging.getLogger(__name__).error("bad settings: %s", exc)
-        return None

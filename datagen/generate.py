@@ -1,6 +1,6 @@
 """Generate the raw loans CSV of DESIGN §4, deterministic from a seed, streamed to disk.
 
-    .venv/bin/python -m datagen --output data/raw/loans.csv [--clients 36457] [--seed 42] [--dirty]
+    credit sample --output data/raw/loans.csv [--clients 36457] [--seed 42] [--dirty]
 
 The default is shaped like the original dataset: 36,457 clients, about 780k loans, 1 to 61 loans per
 client dated 2019-01-01 .. 2020-12-30, right-skewed amounts of at least 100 (median about 118), about
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from conf import command_settings
-from spark_jobs.schema import RAW_COLUMNS
+from contract import RAW_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -279,10 +279,8 @@ def write_csv(path: Path, clients: int, seed: int, dirty: bool = False) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     loaded = command_settings()
-    if loaded is None:
-        return 2
     settings = loaded.sample
-    parser = argparse.ArgumentParser(prog="python -m datagen", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="credit sample", description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", type=Path, default=Path(settings.output), help="CSV file to write")
     parser.add_argument("--clients", type=int, default=settings.clients, help="number of clients")
     parser.add_argument("--seed", type=int, default=settings.seed, help="random seed")

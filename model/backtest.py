@@ -26,17 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from conf import SettingsError, command_settings
+from conf import SettingsError, command_settings, emit
 from conf.settings import MonitoringSettings, parse_date
-from model import drift, registry
-from model.train import LABEL, FeaturesError, load_features, metrics
+from model import drift, plots, registry
+from model.data import LABEL, FeaturesError, load_features
+from model.evaluation import metrics
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +50,19 @@ class Window:
     end: dt.date | None
 
 
+@dataclass(frozen=True)
+class BacktestResult:
+    """The report (written as report.json) and the window's scores and labels (for the plots)."""
+
+    report: dict[str, Any]
+    scores: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def exit_code(self) -> int:
+        return int(self.report["exit_code"])
+
+
 def training_end(card: dict[str, Any]) -> dt.date:
     """The last day the model may have seen: its `--until`, else its last training loan date."""
     data = card["training_data"]
@@ -60,7 +70,7 @@ def training_end(card: dict[str, Any]) -> dt.date:
 
 
 def backtest(features: str | Path, pipeline: Any, card: dict[str, Any], window: Window,
-             floors: MonitoringSettings) -> dict[str, Any]:  # fmt: skip
+             floors: MonitoringSettings) -> BacktestResult:  # fmt: skip
     """Score the window, compare with the card and the floors, measure drift; return the report."""
     if "drift_reference" not in card:
         raise registry.RegistryError(f"model {card['version']} has no drift reference in its card: retrain it")
@@ -94,7 +104,7 @@ def backtest(features: str | Path, pipeline: Any, card: dict[str, Any], window: 
     code = FLOOR_BROKEN if broken else DRIFT if drifted else HEALTHY
     verdict = " and ".join([*(["floor broken: " + ", ".join(broken)] if broken else []),
                             *(["drift: " + ", ".join(drifted)] if drifted else [])]) or "healthy"  # fmt: skip
-    return {
+    report = {
         "model_version": card["version"],
         "window": {
             "from": window.start.isoformat(),
@@ -110,9 +120,8 @@ def backtest(features: str | Path, pipeline: Any, card: dict[str, Any], window: 
         "drift": {"psi": psi, "max_psi": floors.max_psi, "drifted": drifted},
         "verdict": verdict,
         "exit_code": code,
-        "_scores": scores,
-        "_labels": labels,
     }
+    return BacktestResult(report, scores, labels)
 
 
 def _check(metric: str, observed: dict[str, Any], card: dict[str, Any], floor: float) -> dict[str, Any]:
@@ -136,37 +145,19 @@ def summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_report(folder: Path, report: dict[str, Any]) -> None:
+def write_report(folder: Path, result: BacktestResult) -> None:
     """Write report.json, summary.txt and the plots aside, then move them into the folder."""
+    report = result.report
     folder.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tmp-backtest-", dir=folder))
     try:
-        scores, labels = report["_scores"], report["_labels"]
-        public = {k: v for k, v in report.items() if not k.startswith("_")}
-        (staging / "report.json").write_text(json.dumps(public, indent=2) + "\n", encoding="utf-8")
+        (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         (staging / "summary.txt").write_text(summary(report) + "\n", encoding="utf-8")
-        figure, axes = plt.subplots(figsize=(5, 4), dpi=100)
-        bins = np.linspace(0, 1, 41)
-        for label, name in ((0, "paid on time"), (1, "late")):
-            axes.hist(scores[labels == label], bins=bins, density=True, alpha=0.5, label=name)
-        axes.axvline(report["threshold"], color="black", linestyle="--", label="threshold")
-        axes.set(xlabel="score", ylabel="density", title="Scores in the backtest window")
-        axes.legend()
-        figure.tight_layout()
-        figure.savefig(staging / "scores.png")
-        plt.close(figure)
-        fpr, tpr, _ = roc_curve(labels, scores)
-        registry.plot_curve(staging / "roc.png", fpr, tpr, "false positive rate", "true positive rate",
-                            f"ROC in the backtest window (AUC {report['metrics']['roc_auc']:.3f})")  # fmt: skip
-        psi = report["drift"]["psi"]
-        figure, axes = plt.subplots(figsize=(6, 4), dpi=100)
-        axes.barh(list(psi), list(psi.values()))
-        axes.axvline(report["drift"]["max_psi"], color="red", linestyle="--", label="limit")
-        axes.set(xlabel="population stability index", title="Feature drift against the training data")
-        axes.legend()
-        figure.tight_layout()
-        figure.savefig(staging / "drift.png")
-        plt.close(figure)
+        (staging / "scores.png").write_bytes(plots.scores(result.scores, result.labels, report["threshold"]))
+        fpr, tpr, _ = roc_curve(result.labels, result.scores)
+        title = f"ROC in the backtest window (AUC {report['metrics']['roc_auc']:.3f})"
+        (staging / "roc.png").write_bytes(plots.curve(fpr, tpr, "false positive rate", "true positive rate", title))
+        (staging / "drift.png").write_bytes(plots.drift(report["drift"]["psi"], report["drift"]["max_psi"]))
         for path in staging.iterdir():
             os.replace(path, folder / path.name)
     finally:
@@ -175,11 +166,9 @@ def write_report(folder: Path, report: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     settings = command_settings()
-    if settings is None:
-        return 2
     floors = settings.monitoring
     parser = argparse.ArgumentParser(prog="spark-submit.sh backtest", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--features", default="data/output/features", help="the feature job's features/ folder")
+    parser.add_argument("--features", default=settings.features.features_dir, help="the feature job's features/ folder")
     parser.add_argument("--models", default=settings.model.models_dir, help="the model registry folder")
     parser.add_argument("--from", dest="start", required=True, help="first loan date of the window")
     parser.add_argument("--to", dest="end", default=None, help="last loan date of the window (default: all)")
@@ -196,14 +185,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     limits = MonitoringSettings(args.min_roc_auc, args.min_average_precision, args.min_recall, args.max_psi)
     try:
         pipeline, card = registry.load_approved(Path(args.models))
-        report = backtest(args.features, pipeline, card, window, limits)
-        write_report(Path(args.report), report)
+        result = backtest(args.features, pipeline, card, window, limits)
+        write_report(Path(args.report), result)
     except (WindowError, FeaturesError, registry.RegistryError) as exc:
         log.error("%s", exc)
         return 2
-    print(summary(report))
-    print(f"report: {Path(args.report) / 'report.json'}")
-    return int(report["exit_code"])
+    emit(summary(result.report))
+    emit(f"report: {Path(args.report) / 'report.json'}")
+    return result.exit_code
 
 
 if __name__ == "__main__":

@@ -1,9 +1,6 @@
 """The model registry: one folder per version, a model card each, and one approved version.
 
-    ./spark-submit.sh models --models data/models
-    ./spark-submit.sh approve VERSION --models data/models     (approving an older version rolls back)
-
-Layout of MODELS:
+Storage and approval only; the commands are in `model.cli`. Layout of MODELS:
     <version>/model.joblib      the fitted pipeline; `predict_proba` takes the card's feature columns
     <version>/model_card.json   the model card (DESIGN §7)
     <version>/roc.png, pr.png   ROC and precision-recall curves on the held-out clients
@@ -15,7 +12,6 @@ Versions are UTC timestamps (`20261127T081500Z`), so they sort by age. A version
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import getpass
 import json
@@ -25,19 +21,13 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import joblib
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import sklearn
-
-from conf import command_settings
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +35,8 @@ MODEL_FILE = "model.joblib"
 CARD_FILE = "model_card.json"
 APPROVED_FILE = "approved.json"
 VERSION = re.compile(r"^\d{8}T\d{6}Z(-\d+)?$")
+# The plots of a version: what they show -> file name.
+PLOTS = {"roc": "roc.png", "precision_recall": "pr.png"}
 
 
 class RegistryError(ValueError):
@@ -72,19 +64,8 @@ def _new_version(models: Path, now: dt.datetime) -> str:
     return version
 
 
-def plot_curve(path: Path, x: np.ndarray, y: np.ndarray, xlabel: str, ylabel: str, title: str) -> None:
-    figure, axes = plt.subplots(figsize=(5, 4), dpi=100)
-    axes.plot(x, y)
-    if xlabel == "false positive rate":
-        axes.plot([0, 1], [0, 1], linestyle="--", color="grey")
-    axes.set(xlabel=xlabel, ylabel=ylabel, title=title, xlim=(0, 1), ylim=(0, 1.02))
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-
-
-def save(models: Path, pipeline: Any, card: dict[str, Any], curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> str:
-    """Write a new candidate version (pipeline, card, plots) and return its version."""
+def save(models: Path, pipeline: Any, card: dict[str, Any], plots: Mapping[str, bytes]) -> str:
+    """Write a new candidate version (pipeline, card, PNG plots by file name) and return its version."""
     models.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
     version = _new_version(models, now)
@@ -93,18 +74,15 @@ def save(models: Path, pipeline: Any, card: dict[str, Any], curves: dict[str, tu
         "created_at": now.isoformat(timespec="seconds"),
         **card,
         "library_versions": _library_versions(),
-        "plots": {"roc": "roc.png", "precision_recall": "pr.png"},
+        "plots": dict(PLOTS),
     }
     staging = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=models))
     staging.chmod(0o755)  # mkdtemp makes it private; a registry folder is meant to be read by others
     try:
         joblib.dump(pipeline, staging / MODEL_FILE)
         (staging / CARD_FILE).write_text(json.dumps(full_card, indent=2) + "\n", encoding="utf-8")
-        auc, ap = card["metrics"]["roc_auc"], card["metrics"]["average_precision"]
-        plot_curve(staging / "roc.png", *curves["roc"], "false positive rate", "true positive rate",
-              f"ROC on held-out clients (AUC {auc:.3f})")  # fmt: skip
-        plot_curve(staging / "pr.png", *curves["pr"], "recall", "precision",
-              f"Precision-recall on held-out clients (AP {ap:.3f})")  # fmt: skip
+        for name, png in plots.items():
+            (staging / name).write_bytes(png)
         staging.rename(models / version)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -186,40 +164,3 @@ def table(models: Path) -> str:
             f"{card['training_data'].get('until') or '-'}"
         )
     return "\n".join(lines)
-
-
-def main_approve(argv: Sequence[str] | None = None) -> int:
-    """`spark-submit.sh approve VERSION --models DIR`."""
-    settings = command_settings()
-    if settings is None:
-        return 2
-    default = settings.model.models_dir
-    parser = argparse.ArgumentParser(prog="spark-submit.sh approve", description="Approve a model version.")
-    parser.add_argument("version")
-    parser.add_argument("--models", default=default, help="the model registry folder")
-    parser.add_argument("--by", default=None, help="who approves (default: the current user)")
-    args = parser.parse_args(argv)
-    try:
-        record = approve(Path(args.models), args.version, args.by)
-    except RegistryError as exc:
-        log.error("%s", exc)
-        return 2
-    print(f"approved {record['version']}")
-    return 0
-
-
-def main_models(argv: Sequence[str] | None = None) -> int:
-    """`spark-submit.sh models --models DIR`."""
-    settings = command_settings()
-    if settings is None:
-        return 2
-    default = settings.model.models_dir
-    parser = argparse.ArgumentParser(prog="spark-submit.sh models", description="List the model versions.")
-    parser.add_argument("--models", default=default, help="the model registry folder")
-    args = parser.parse_args(argv)
-    try:
-        print(table(Path(args.models)))
-    except RegistryError as exc:
-        log.error("%s", exc)
-        return 2
-    return 0

@@ -10,7 +10,6 @@ gives a 503 within the configured timeouts, and the next request after Redis is 
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Mapping
@@ -20,19 +19,30 @@ from typing import Any
 import redis
 import swagger_ui_bundle
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, send_from_directory
+from flask.json.provider import DefaultJSONProvider
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from conf import load_settings
-from conf.settings import LOG_FORMAT
+from conf.command import configure_logging
+from contract import FEATURES
+from contract.raw import parse_whole_number
 from serving import embedded, metrics, schemas
-from serving.store import NotPublished, OnlineStore, connect, redacted
-from spark_jobs.schema import FEATURE_NAMES, MAX_ID
+from serving.store import Codec, NotPublished, OnlineStore, check_url, redacted
 
 log = logging.getLogger(__name__)
 
-CLIENT_ID = re.compile(r"[0-9]{1,19}")
 STORE = "credit_store"
+
+
+class AnswerJSON(DefaultJSONProvider):
+    """JSON answers keep their keys in the order they are built (client_id first, features in contract order)."""
+
+    sort_keys = False
+
+
+class ServiceApp(Flask):
+    json_provider_class = AnswerJSON
 
 
 class ApiError(Exception):
@@ -56,22 +66,27 @@ class StoreHolder:
             with self._lock:
                 if self._store is None:
                     c = self._config
-                    client = connect(c["REDIS_URL"], c["REDIS_CONNECT_TIMEOUT"], c["REDIS_SOCKET_TIMEOUT"])
-                    self._store = OnlineStore(client, c["REDIS_PREFIX"], c["VERSION_CACHE_SECONDS"])
+                    self._store = OnlineStore.from_url(
+                        c["REDIS_URL"], c["REDIS_CONNECT_TIMEOUT"], c["REDIS_SOCKET_TIMEOUT"],
+                        prefix=c["REDIS_PREFIX"], version_cache_seconds=c["VERSION_CACHE_SECONDS"],
+                        codec=Codec.for_features(c["FEATURES"]),
+                    )  # fmt: skip
         return self._store
 
 
 def parse_client_id(text: str) -> int:
     """A client id from the path: a whole number in 1 .. 2^63-1, else a 400."""
-    if CLIENT_ID.fullmatch(text) and 1 <= int(text) <= MAX_ID:
-        return int(text)
+    client_id = parse_whole_number(text)
+    if client_id is not None:
+        return client_id
     shown = text if len(text) <= 40 else text[:40] + "..."
     raise ApiError(400, "invalid_client_id", f"client id must be a whole number in 1 .. 2^63-1, got {shown!r}")
 
 
 def features_answer(client_id: int, version: str, record: dict[str, Any]) -> dict[str, Any]:
+    names = current_app.config["FEATURE_NAMES"]
     return {"client_id": client_id, "loan_date": record["loan_date"], "version": version,
-            "features": {name: record.get(name) for name in FEATURE_NAMES}}  # fmt: skip
+            "features": {name: record.get(name) for name in names}}  # fmt: skip
 
 
 def risk_answer(client_id: int, version: str, record: dict[str, Any]) -> dict[str, Any]:
@@ -231,24 +246,20 @@ def default_config() -> dict[str, Any]:
         "REDIS_URL": r.url or embedded.url_for(r.embedded_port), "REDIS_PREFIX": r.prefix,
         "REDIS_CONNECT_TIMEOUT": r.connect_timeout, "REDIS_SOCKET_TIMEOUT": r.socket_timeout,
         "VERSION_CACHE_SECONDS": r.version_cache_seconds, "BATCH_LIMIT": settings.service.batch_limit,
-        "MAX_CONTENT_LENGTH": 1024 * 1024,
+        "MAX_CONTENT_LENGTH": 1024 * 1024, "FEATURES": FEATURES,
     }  # fmt: skip
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """The app: defaults, then the settings file and environment, then `test_config`, then blueprints."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    app = Flask(__name__)
+    configure_logging()
+    app = ServiceApp(__name__)
     app.config.from_mapping(default_config())
     if test_config:
         app.config.from_mapping(test_config)
-    try:  # a malformed URL stops the start-up; an unreachable Redis does not (503 until it answers)
-        redis.ConnectionPool.from_url(app.config["REDIS_URL"]).disconnect()
-    except ValueError as exc:
-        raise ValueError(f"bad Redis URL {redacted(app.config['REDIS_URL'])!r}: {exc}") from None
-    app.config["OPENAPI"] = schemas.openapi(app.config["BATCH_LIMIT"])
-    app.json.sort_keys = False
+    check_url(app.config["REDIS_URL"])  # a malformed URL stops the start-up; an unreachable Redis gives 503s
+    app.config["FEATURE_NAMES"] = tuple(f.name for f in app.config["FEATURES"])
+    app.config["OPENAPI"] = schemas.openapi(app.config["BATCH_LIMIT"], app.config["FEATURES"])
     app.extensions[STORE] = StoreHolder(app.config)
     register_errors(app)
     register_metrics(app)

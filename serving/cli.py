@@ -16,9 +16,9 @@ from collections.abc import Callable, Sequence
 
 import redis
 
-from conf import Settings, command_settings
+from conf import Settings, command_settings, emit
 from serving import embedded
-from serving.store import OnlineStore, StoreError, client_from_settings
+from serving.store import OnlineStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def _store(settings: Settings, argv: Sequence[str] | None, name: str, version: b
     parser.add_argument("--prefix", default=settings.redis.prefix)
     args = parser.parse_args(argv)
     url = args.redis_url or embedded.resolve_url(settings.redis)
-    store = OnlineStore(client_from_settings(settings.redis, url), args.prefix, version_cache_seconds=0)
+    store = OnlineStore.from_settings(settings.redis, url, prefix=args.prefix, version_cache_seconds=0)
     return store, getattr(args, "version", "")
 
 
@@ -50,8 +50,6 @@ def _run(
     argv: Sequence[str] | None, name: str, action: Callable[[OnlineStore, str], int], version: bool = False
 ) -> int:
     settings = command_settings()
-    if settings is None:
-        return 2
     try:
         store, chosen = _store(settings, argv, name, version)
         return action(store, chosen)
@@ -65,7 +63,7 @@ def _run(
 
 def main_versions(argv: Sequence[str] | None = None) -> int:
     def show(store: OnlineStore, _: str) -> int:
-        print(versions_table(store))
+        emit(versions_table(store))
         return 0
 
     return _run(argv, "versions", show)
@@ -86,11 +84,12 @@ def main_sample_id(argv: Sequence[str] | None = None) -> int:
         if version is None:
             log.error("no version published: run 'spark-submit.sh materialize' first")
             return 1
-        for key in store.client.scan_iter(match=store.client_key(version, "*"), count=100):
-            print(key.rsplit(":", 1)[1])
-            return 0
-        log.error("version %s holds no client", version)
-        return 1
+        client_id = store.sample_client_id(version)
+        if client_id is None:
+            log.error("version %s holds no client", version)
+            return 1
+        emit(str(client_id))
+        return 0
 
     return _run(argv, "sample-id", sample)
 

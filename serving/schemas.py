@@ -1,13 +1,18 @@
-"""The API's request and answer shapes (pydantic), and the OpenAPI 3.1 description built from them."""
+"""The API's request and answer shapes (pydantic), and the OpenAPI 3.1 description built from them.
+
+The features' shape is built from the feature contract (names, types, descriptions), so a feature
+added to the contract is in the API description with no edit here.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 from pydantic.json_schema import models_json_schema
 
-from spark_jobs.schema import FEATURE_NAMES, MAX_ID
+from contract import FEATURES, MAX_ID, Feature
 
 
 def _whole_number(value: Any) -> Any:
@@ -29,21 +34,19 @@ ClientId = Annotated[
 ]
 
 
+FEATURES_DOC = "The client's features as of its latest loan; null where the feature has no value."
+
+
 class Features(BaseModel):
-    """The client's features as of its latest loan; null where the feature has no value."""
+    """One value per feature of the contract; its properties are filled from the contract (`features_model`)."""
 
-    nb_previous_loans: int | None = Field(description="loans of the client before this one")
-    avg_amount_loans_previous: float | None = Field(
-        description="mean amount of the earlier loans; null for a first loan"
-    )
-    age: int | None = Field(description="whole years from birthday to the loan date")
-    years_on_the_job: int | None = Field(
-        description="whole years from job start to the loan date; null if not employed"
-    )
-    flag_own_car: int | None = Field(description="1 owns a car, 0 does not")
+    model_config = ConfigDict(extra="allow")
 
 
-assert tuple(Features.model_fields) == FEATURE_NAMES
+def features_model(features: Sequence[Feature] = FEATURES) -> type[BaseModel]:
+    """The `Features` object of the answers: one nullable field per feature of the contract, in order."""
+    fields: dict[str, Any] = {f.name: (f.type | None, Field(description=f.description)) for f in features}
+    return create_model("Features", __doc__=FEATURES_DOC, **fields)
 
 
 class FeaturesAnswer(BaseModel):
@@ -108,8 +111,11 @@ MODELS = (
 )
 
 
+REF_TEMPLATE = "#/components/schemas/{model}"
+
+
 def _ref(model: type[BaseModel]) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"$ref": REF_TEMPLATE.format(model=model.__name__)}
 
 
 def _json(model: type[BaseModel], description: str) -> dict[str, Any]:
@@ -121,12 +127,11 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return {str(status): _json(ErrorAnswer, text[status]) for status in statuses}
 
 
-def openapi(batch_limit: int) -> dict[str, Any]:
-    """The complete OpenAPI 3.1 description of the service."""
-    _, definitions = models_json_schema(
-        [(model, "validation") for model in MODELS], ref_template="#/components/schemas/{model}"
-    )
+def openapi(batch_limit: int, features: Sequence[Feature] = FEATURES) -> dict[str, Any]:
+    """The complete OpenAPI 3.1 description of the service, with the features of `features`."""
+    _, definitions = models_json_schema([(model, "validation") for model in MODELS], ref_template=REF_TEMPLATE)
     schemas = definitions["$defs"]
+    schemas["Features"] = features_model(features).model_json_schema(ref_template=REF_TEMPLATE)
     schemas["BatchRequest"]["properties"]["client_ids"]["maxItems"] = batch_limit
     client_id = {
         "name": "client_id",
@@ -145,7 +150,7 @@ def openapi(batch_limit: int) -> dict[str, Any]:
             }
         }
 
-    features, risk = "the client's latest features", "the client's features and credit risk"
+    latest, risk = "the client's latest features", "the client's features and credit risk"
     return {
         "openapi": "3.1.0",
         "info": {
@@ -155,9 +160,9 @@ def openapi(batch_limit: int) -> dict[str, Any]:
             "load with the approved model.",
         },
         "paths": {
-            "/online_feature_store/client_id={client_id}": read(features, FeaturesAnswer, "challengeFeatures"),
+            "/online_feature_store/client_id={client_id}": read(latest, FeaturesAnswer, "challengeFeatures"),
             "/credit_risk/client_id={client_id}": read(risk, CreditRiskAnswer, "challengeCreditRisk"),
-            "/v1/clients/{client_id}/features": read(features, FeaturesAnswer, "getFeatures"),
+            "/v1/clients/{client_id}/features": read(latest, FeaturesAnswer, "getFeatures"),
             "/v1/clients/{client_id}/credit-risk": read(risk, CreditRiskAnswer, "getCreditRisk"),
             "/v1/credit-risk/batch": {
                 "post": {

@@ -23,7 +23,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -32,12 +32,15 @@ from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 from conf.settings import RedisSettings
+from contract import FEATURES, Feature
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
-INT_FIELDS = ("nb_previous_loans", "age", "years_on_the_job", "flag_own_car", "label")
-FLOAT_FIELDS = ("avg_amount_loans_previous", "score")
-TEXT_FIELDS = ("loan_date", "model_version")
+# The fields a client hash holds beside its features, and their types.
+RECORD_FIELDS: dict[str, type] = {"loan_date": str, "score": float, "label": int, "model_version": str}
 LOADING, COMPLETE = "loading", "complete"
 SCAN_COUNT = 5000
 
@@ -54,7 +57,7 @@ class NotPublished(StoreError):
 
 def connect(url: str, connect_timeout: float, socket_timeout: float) -> Client:
     """A client for the URL (password and TLS included); a Redis Cluster node gives a cluster client."""
-    options = {
+    options: dict[str, Any] = {
         "socket_connect_timeout": connect_timeout,
         "socket_timeout": socket_timeout,
         "decode_responses": True,
@@ -74,43 +77,88 @@ def connect(url: str, connect_timeout: float, socket_timeout: float) -> Client:
     return RedisCluster.from_url(url, **options)
 
 
-def client_from_settings(settings: RedisSettings, url: str | None = None) -> Client:
-    """Connect with the settings' timeouts to `url` (default: the configured one)."""
-    return connect(url or settings.url, settings.connect_timeout, settings.socket_timeout)
+def check_url(url: str) -> None:
+    """A ValueError naming the URL (without its password) when it is not a Redis URL redis-py can use."""
+    try:
+        redis.ConnectionPool.from_url(url).disconnect()
+    except ValueError as exc:
+        raise ValueError(f"bad Redis URL {redacted(url)!r}: {exc}") from None
 
 
-def encode(record: Mapping[str, Any]) -> dict[str, str]:
-    """A client's record as hash fields: absent for None or NaN, plain text otherwise."""
-    fields = {}
-    for name, value in record.items():
-        if value is None or (isinstance(value, float) and value != value):
-            continue
-        if isinstance(value, dt.date):
-            fields[name] = value.isoformat()
-        elif isinstance(value, float):
-            fields[name] = repr(value)
-        elif hasattr(value, "item"):  # numpy scalars
-            fields.update(encode({name: value.item()}))
-        else:
-            fields[name] = str(value)
-    return fields
+class Codec:
+    """Typed values <-> the text fields of a client hash: an absent field is a null value.
 
+    Whole numbers are digits, decimals Python's shortest round-trip form, dates `yyyy-MM-dd`; a field
+    the codec does not know stays text. The field types come from the feature contract.
+    """
 
-def decode(fields: Mapping[str, str]) -> dict[str, Any]:
-    """Hash fields back to typed values; unknown fields stay text."""
-    record: dict[str, Any] = {}
-    for name, text in fields.items():
-        if name in INT_FIELDS:
-            record[name] = int(text)
-        elif name in FLOAT_FIELDS:
-            record[name] = float(text)
-        else:
-            record[name] = text
-    return record
+    def __init__(self, types: Mapping[str, type]) -> None:
+        self.types = dict(types)
+        self.int_fields = frozenset(name for name, kind in self.types.items() if kind is int)
+        self.float_fields = frozenset(name for name, kind in self.types.items() if kind is float)
+
+    @classmethod
+    def for_features(cls, features: Sequence[Feature] = FEATURES) -> Codec:
+        """The codec of a client hash: the contract's features plus the record fields."""
+        return cls({**{f.name: f.type for f in features}, **RECORD_FIELDS})
+
+    def encode(self, record: Mapping[str, Any]) -> dict[str, str]:
+        """A record as hash fields: absent for None or NaN, plain text otherwise."""
+        fields = {}
+        for name, value in record.items():
+            if hasattr(value, "item"):  # numpy scalars
+                value = value.item()
+            if value is None or (isinstance(value, float) and value != value):
+                continue
+            if isinstance(value, dt.date):
+                fields[name] = value.isoformat()
+            elif isinstance(value, float):
+                fields[name] = repr(value)
+            else:
+                fields[name] = str(value)
+        return fields
+
+    def decode(self, fields: Mapping[str, str]) -> dict[str, Any]:
+        """Hash fields back to typed values; unknown fields stay text."""
+        record: dict[str, Any] = {}
+        for name, text in fields.items():
+            if name in self.int_fields:
+                record[name] = int(text)
+            elif name in self.float_fields:
+                record[name] = float(text)
+            else:
+                record[name] = text
+        return record
+
+    def encode_columns(self, frame: pd.DataFrame, names: Sequence[str]) -> Iterator[tuple[int, list[str]]]:
+        """(client id `frame.id`, [field, text, field, text, ...]) per row, for the bulk writer.
+
+        The same text as `encode`, made a column at a time rather than a value at a time: whole-number
+        columns holding a null arrive from pandas as float64 with NaN, and are written as whole numbers.
+        """
+        columns: list[list[Any]] = []
+        for name in names:
+            values = frame[name]
+            if name in self.int_fields:
+                digits = values.fillna(0).astype("int64").astype(str).to_numpy(dtype=object)
+                digits[values.isna().to_numpy()] = None
+                columns.append(digits.tolist())
+            elif name in self.float_fields:
+                columns.append([None if v != v else repr(v) for v in values.astype("float64").tolist()])
+            else:
+                columns.append(values.tolist())
+        for client_id, *row in zip(frame["id"].tolist(), *columns, strict=True):
+            yield (
+                int(client_id),
+                [x for name, value in zip(names, row, strict=True) if value is not None for x in (name, value)],
+            )
 
 
 class OnlineStore:
-    """Reads and writes of the client hashes; a miss returns None (see the module docstring)."""
+    """Reads and writes of the client hashes; a miss returns None (see the module docstring).
+
+    The only code that holds a Redis client or spells a key: callers use the methods below.
+    """
 
     def __init__(
         self,
@@ -118,12 +166,39 @@ class OnlineStore:
         prefix: str = "credit",
         version_cache_seconds: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        codec: Codec | None = None,
     ) -> None:
-        self.client = client
+        self._client = client
         self.prefix = prefix
         self.version_cache_seconds = version_cache_seconds
+        self.codec = codec or Codec.for_features()
         self._clock = clock
         self._cached: tuple[str, float] | None = None
+
+    @classmethod
+    def from_url(
+        cls, url: str, connect_timeout: float = 0.5, socket_timeout: float = 0.5, **options: Any
+    ) -> OnlineStore:
+        """A store on the Redis (or Redis Cluster) at `url`, with these timeouts in seconds."""
+        return cls(connect(url, connect_timeout, socket_timeout), **options)
+
+    @classmethod
+    def from_settings(cls, settings: RedisSettings, url: str, **options: Any) -> OnlineStore:
+        """A store with the settings' prefix and timeouts, on `url`."""
+        return cls.from_url(
+            url, settings.connect_timeout, settings.socket_timeout, **{"prefix": settings.prefix, **options}
+        )
+
+    @property
+    def clustered(self) -> bool:
+        """Whether the store runs on a Redis Cluster."""
+        return isinstance(self._client, RedisCluster)
+
+    def ping(self) -> bool:
+        return bool(self._client.ping())
+
+    def close(self) -> None:
+        self._client.close()
 
     # keys
     @property
@@ -140,13 +215,17 @@ class OnlineStore:
     def meta_key(self, version: str) -> str:
         return f"{self.prefix}:{version}:meta"
 
+    def namespace(self, version: str) -> str:
+        """The start of every key of a version (`P:<version>:`); `namespace(v) + "*"` matches them all."""
+        return f"{self.prefix}:{version}:"
+
     # reads
     def active_version(self, fresh: bool = False) -> str | None:
         """The published version, kept for `version_cache_seconds` so most reads skip this lookup."""
         now = self._clock()
         if not fresh and self._cached and now - self._cached[1] < self.version_cache_seconds:
             return self._cached[0]
-        version = self.client.get(self.active_key)
+        version = cast(str | None, self._client.get(self.active_key))
         self._cached = (version, now) if version else None
         return version
 
@@ -159,46 +238,71 @@ class OnlineStore:
     def read(self, client_id: int) -> tuple[str, dict[str, Any] | None]:
         """The active version and the client's record in it (None when unknown): one HGETALL."""
         version = self._version()
-        fields = self.client.hgetall(self.client_key(version, client_id))
-        return version, (decode(fields) if fields else None)
+        return version, self.read_version(version, client_id)
+
+    def read_version(self, version: str, client_id: int) -> dict[str, Any] | None:
+        """The client's record in a given version (None when unknown): one HGETALL."""
+        fields = cast(dict[str, str], self._client.hgetall(self.client_key(version, client_id)))
+        return self.codec.decode(fields) if fields else None
 
     def read_many(self, client_ids: Sequence[int]) -> tuple[str, list[dict[str, Any] | None]]:
         """The records of many clients from one version, in one pipelined round trip."""
         version = self._version()
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self._client.pipeline(transaction=False)
         for client_id in client_ids:
             pipe.hgetall(self.client_key(version, client_id))
-        return version, [decode(fields) if fields else None for fields in pipe.execute()]
+        return version, [self.codec.decode(fields) if fields else None for fields in pipe.execute()]
 
     def meta(self, version: str) -> dict[str, str]:
-        return self.client.hgetall(self.meta_key(version))
+        return cast(dict[str, str], self._client.hgetall(self.meta_key(version)))
 
     def versions(self) -> list[str]:
         """Every version a load started, oldest first."""
-        return list(self.client.zrange(self.versions_key, 0, -1))
+        return cast(list[str], self._client.zrange(self.versions_key, 0, -1))
 
     def count_clients(self, version: str) -> int:
         """Client hashes in a version's namespace, counted by SCAN over every node."""
         return sum(1 for _ in self._keys(version, "client:*"))
 
+    def sample_client_id(self, version: str) -> int | None:
+        """One client id of the version (for examples), or None when it holds none."""
+        for key in self._keys(version, "client:*"):
+            return int(key.rsplit(":", 1)[1])
+        return None
+
     # writes
+    def next_version(self, now: dt.datetime) -> str:
+        """A sortable UTC version name not used before in this store."""
+        base = now.strftime("%Y%m%dT%H%M%SZ")
+        taken = set(self.versions())
+        version, n = base, 1
+        while version in taken or self._client.exists(self.meta_key(version)):
+            n += 1
+            version = f"{base}-{n}"
+        return version
+
     def begin(self, version: str, meta: Mapping[str, Any], now: float | None = None) -> None:
         """Register a new version as loading; refuses a version that already exists."""
-        if self.client.exists(self.meta_key(version)):
+        if self._client.exists(self.meta_key(version)):
             raise StoreError(f"version {version} already exists in {self.prefix}")
-        self.client.zadd(self.versions_key, {version: time.time() if now is None else now})
-        fields = {**meta, "status": LOADING, "created_at": _utc_now()}
-        self.client.hset(self.meta_key(version), mapping=encode(fields))
+        self._client.zadd(self.versions_key, {version: time.time() if now is None else now})
+        self.set_meta(version, {**meta, "status": LOADING, "created_at": _utc_now()})
+
+    def set_meta(self, version: str, fields: Mapping[str, Any]) -> None:
+        """Record facts about a version in its meta hash (text values, see `Codec.encode`)."""
+        mapping: dict[Any, Any] = self.codec.encode(fields)
+        self._client.hset(self.meta_key(version), mapping=mapping)
 
     def write(self, version: str, records: Iterable[tuple[int, Mapping[str, Any]]], batch_size: int = 1000) -> int:
         """HSET each (client id, record) into the version, `batch_size` per non-transactional pipeline."""
+        encode = self.codec.encode
         flat = ((client_id, list(itertools.chain(*encode(record).items()))) for client_id, record in records)
         return self.write_encoded(version, flat, batch_size)
 
     def write_encoded(self, version: str, rows: Iterable[tuple[int, Sequence[str]]], batch_size: int = 1000) -> int:
         """Like `write`, for fields already encoded as [name, text, name, text, ...] (the bulk writer's path)."""
         written = 0
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self._client.pipeline(transaction=False)
         for client_id, fields in rows:
             if not fields:
                 raise StoreError(f"client {client_id} has no field to write (every value is empty)")
@@ -217,7 +321,7 @@ class OnlineStore:
             raise StoreError(
                 f"version {version} holds {counted} clients, expected {expected_clients} (and more than 0)"
             )
-        self.client.hset(self.meta_key(version), mapping={"status": COMPLETE, "clients": str(counted)})
+        self.set_meta(version, {"status": COMPLETE, "clients": counted})
         return counted
 
     def publish(self, version: str) -> str | None:
@@ -225,27 +329,27 @@ class OnlineStore:
         meta = self.meta(version)
         if meta.get("status") != COMPLETE:
             raise StoreError(f"version {version} is not a complete load (status {meta.get('status', 'unknown')})")
-        previous = self.client.set(self.active_key, version, get=True)
+        previous = cast(str | None, self._client.set(self.active_key, version, get=True))
         stamp = _utc_now()
-        self.client.hset(self.meta_key(version), "published_at", stamp)
+        self._client.hset(self.meta_key(version), "published_at", stamp)
         if previous and previous != version:
-            self.client.hset(self.meta_key(previous), "superseded_at", stamp)
+            self._client.hset(self.meta_key(previous), "superseded_at", stamp)
         self._cached = None
         return previous
 
     def remove(self, version: str, batch_size: int = 1000) -> int:
         """Delete a version's keys (never the active one), one UNLINK per key in pipelined batches."""
-        if version == self.client.get(self.active_key):
+        if version == self._client.get(self.active_key):
             raise StoreError(f"version {version} is active: publish another one before removing it")
         removed = 0
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self._client.pipeline(transaction=False)
         for key in self._keys(version, "*"):
             pipe.unlink(key)
             if len(pipe) >= batch_size:
                 removed += sum(pipe.execute())
         if len(pipe):
             removed += sum(pipe.execute())
-        self.client.zrem(self.versions_key, version)
+        self._client.zrem(self.versions_key, version)
         return removed
 
     def cleanup(self, grace_seconds: float, now: float | None = None) -> list[str]:
@@ -255,8 +359,8 @@ class OnlineStore:
         `grace_seconds` after it started (a load still running is younger than that).
         """
         now = time.time() if now is None else now
-        active = self.client.get(self.active_key)
-        started = dict(self.client.zrange(self.versions_key, 0, -1, withscores=True))
+        active = self._client.get(self.active_key)
+        started = dict(cast(list[tuple[str, float]], self._client.zrange(self.versions_key, 0, -1, withscores=True)))
         metas = {version: self.meta(version) for version in started}
         published = [v for v in sorted(started) if v != active and metas[v].get("published_at")]
         keep = {active, published[-1] if published else None}
@@ -272,7 +376,8 @@ class OnlineStore:
         return removed
 
     def _keys(self, version: str, pattern: str) -> Iterator[str]:
-        yield from self.client.scan_iter(match=f"{self.prefix}:{version}:{pattern}", count=SCAN_COUNT)
+        keys = self._client.scan_iter(match=self.namespace(version) + pattern, count=SCAN_COUNT)
+        yield from cast(Iterator[str], keys)
 
 
 def _utc_now() -> str:

@@ -21,63 +21,26 @@ from typing import Any
 
 from pyspark import StorageLevel
 from pyspark.errors import AnalysisException
-from pyspark.sql import Column, DataFrame, Observation, SparkSession, Window
+from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 
 from conf import Settings, SettingsError, command_settings
-from conf.settings import parse_date
+from conf.settings import parse_date as parse_setting_date
+from contract import NULL_REASONS, OUTPUT_COLUMNS, RAW_COLUMNS, REJECT_REASONS, TRIMMED
+from contract import spark as contract_spark
+from contract.spark import parse_date, parse_decimal, parse_whole_number
 from spark_jobs.output import StagedOutput
 from spark_jobs.report import summary
-from spark_jobs.schema import (
-    MAX_AGE_YEARS,
-    MAX_YEARS_ON_THE_JOB,
-    NULL_REASONS,
-    OUTPUT_COLUMNS,
-    RAW_COLUMNS,
-    REJECT_REASONS,
-    TRIMMED,
-)
 from spark_jobs.session import build_session
 
 log = logging.getLogger(__name__)
 
-WHOLE_NUMBER = r"^[0-9]+$"
-DECIMAL_NUMBER = r"^[+-]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][+-]?[0-9]+)?$"
-ISO_DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 COPIES = "_copies"
 REASON = "reason"
 
 
 class InputError(ValueError):
     """The job's input cannot be read as the raw loans CSV."""
-
-
-# ---------------------------------------------------------------- parsing helpers (Column -> Column)
-
-
-def parse_whole_number(value: Column) -> Column:
-    """A whole number in 1 .. 2^63-1 written as plain digits, else null."""
-    number = F.when(value.rlike(WHOLE_NUMBER), value.try_cast("long"))
-    return F.when(number >= 1, number)
-
-
-def parse_date_column(value: Column) -> Column:
-    """A real calendar date written `yyyy-MM-dd` (years 0001 .. 9999), else null."""
-    date = F.when(value.rlike(ISO_DATE), F.try_to_date(value, "yyyy-MM-dd"))
-    return F.when(F.year(date) >= 1, date)
-
-
-def parse_decimal(value: Column) -> Column:
-    """A finite decimal number (optionally with an exponent), else null."""
-    number = F.when(value.rlike(DECIMAL_NUMBER), value.try_cast("double"))
-    return F.when(~F.isnan(number) & (F.abs(number) < F.lit(float("inf"))), number)
-
-
-def whole_years(start: Column, end: Column) -> Column:
-    """Whole years from `start` to `end` as people count age (Feb 29 turns a year on Feb 28)."""
-    years = F.year(end) - F.year(start)
-    # add_months clamps to the month's last day, so Feb 29 + 1 year is Feb 28.
-    return F.when(F.add_months(start, years * 12) > end, years - 1).otherwise(years)
 
 
 # ---------------------------------------------------------------- transforms (DataFrame -> DataFrame)
@@ -115,7 +78,7 @@ def parse_keys(rows: DataFrame) -> DataFrame:
         *rows.columns,
         *client,
         parse_whole_number(F.col("loan_id")).alias("_loan_id"),
-        parse_date_column(F.col("loan_date")).alias("_loan_date"),
+        parse_date(F.col("loan_date")).alias("_loan_date"),
         parse_decimal(F.col("loan_amount")).alias("_loan_amount"),
     )
 
@@ -152,72 +115,9 @@ def validate(parsed: DataFrame, as_of: dt.date | None = None, conflicts: DataFra
     return joined.withColumn(REASON, reason).drop("_sharing")
 
 
-def _null_reason(*cases: tuple[Column, str]) -> Column:
-    """The first reason whose condition holds, else null."""
-    result = F.when(cases[0][0], cases[0][1])
-    for condition, name in cases[1:]:
-        result = result.when(condition, name)
-    return result
-
-
 def add_features(accepted: DataFrame) -> DataFrame:
     """The five features of DESIGN §5, each as of its own loan date, plus `_null_<feature>` reasons."""
-    client = Window.partitionBy("_id").orderBy("_loan_date", "_loan_id")
-    earlier = client.rowsBetween(Window.unboundedPreceding, -1)
-    loan_date = F.col("_loan_date")
-
-    # Staged selects: each parsed value is a column, computed once, not an expression repeated in
-    # every condition that uses it.
-    dated = accepted.select(
-        "*",
-        parse_date_column(F.col("birthday")).alias("_birthday"),
-        parse_date_column(F.col("job_start_date")).alias("_job_start"),
-        F.upper(F.col("flag_own_car")).alias("_car"),
-    )
-    aged = dated.select(
-        "*",
-        whole_years(F.col("_birthday"), loan_date).alias("_age_years"),
-        whole_years(F.col("_job_start"), loan_date).alias("_job_years"),
-    )
-    birthday, job_start, car = F.col("_birthday"), F.col("_job_start"), F.col("_car")
-    age_null = _null_reason(
-        (F.col("birthday").isNull(), "birthday_missing"),
-        (birthday.isNull(), "birthday_invalid"),
-        (birthday > loan_date, "birthday_after_loan_date"),
-        (F.col("_age_years") > MAX_AGE_YEARS, "age_over_120"),
-    )
-    job_null = _null_reason(
-        (F.col("job_start_date").isNull(), "job_start_missing"),
-        (job_start.isNull(), "job_start_invalid"),
-        (job_start > loan_date, "job_start_after_loan_date"),
-        (job_start < birthday, "job_start_before_birthday"),
-        (F.col("_job_years") > MAX_YEARS_ON_THE_JOB, "years_on_the_job_over_100"),
-    )
-    car_null = _null_reason(
-        (F.col("flag_own_car").isNull(), "flag_own_car_missing"),
-        (~car.isin("Y", "N"), "flag_own_car_invalid"),
-    )
-    reasons = aged.select(
-        "*", age_null.alias("_null_age"), job_null.alias("_null_years_on_the_job"),
-        car_null.alias("_null_flag_own_car"),
-    )  # fmt: skip
-    previous = F.count(F.lit(1)).over(earlier)
-    return reasons.select(
-        F.col("_loan_id").alias("loan_id"),
-        F.col("_id").alias("id"),
-        loan_date.alias("loan_date"),
-        previous.cast("int").alias("nb_previous_loans"),
-        F.avg("_loan_amount").over(earlier).alias("avg_amount_loans_previous"),
-        F.when(F.col("_null_age").isNull(), F.col("_age_years")).cast("int").alias("age"),
-        F.when(F.col("_null_years_on_the_job").isNull(), F.col("_job_years")).cast("int").alias("years_on_the_job"),
-        F.when(car == "Y", 1).when(car == "N", 0).cast("int").alias("flag_own_car"),
-        F.col("status").try_cast("int").alias("status"),
-        F.when(previous == 0, "first_loan").alias("_null_avg_amount_loans_previous"),
-        "_null_age",
-        "_null_years_on_the_job",
-        "_null_flag_own_car",
-        COPIES,
-    )
+    return contract_spark.add_features(accepted, COPIES)
 
 
 def to_features_output(features: DataFrame) -> DataFrame:
@@ -380,7 +280,7 @@ def parse_args(argv: Sequence[str] | None, settings: Settings) -> FeatureJobArgs
     as_of = settings.features.as_of
     if args.as_of:
         try:
-            as_of = parse_date(args.as_of)
+            as_of = parse_setting_date(args.as_of)
         except SettingsError as exc:
             parser.error(f"--as-of: {exc}")
     return FeatureJobArgs(input=args.input, output=args.output, as_of=as_of)
@@ -389,8 +289,6 @@ def parse_args(argv: Sequence[str] | None, settings: Settings) -> FeatureJobArgs
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the feature job from the command line; exit code 0 on success, 2 on bad input."""
     settings = command_settings()
-    if settings is None:
-        return 2
     args = parse_args(argv, settings)
     spark = build_session(settings.spark, "features")
     try:

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import joblib
-import numpy as np
 import pandas as pd
 import redis
 from py4j.protocol import Py4JJavaError
@@ -35,12 +34,12 @@ from pyspark.sql import DataFrame, Observation, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from conf import Settings, command_settings
+from conf import Settings, command_settings, emit
 from conf.settings import RedisSettings
+from contract import FEATURE_NAMES
 from model import registry
 from serving import embedded
-from serving.store import FLOAT_FIELDS, INT_FIELDS, OnlineStore, StoreError, client_from_settings, redacted
-from spark_jobs.schema import FEATURE_NAMES
+from serving.store import OnlineStore, StoreError, redacted
 from spark_jobs.session import build_session
 
 log = logging.getLogger(__name__)
@@ -78,28 +77,8 @@ def score_frame(frame: pd.DataFrame, model: Any, threshold: float, model_version
     return frame.assign(score=scores, label=(scores >= threshold).astype("int64"), model_version=model_version)
 
 
-def records(scored: pd.DataFrame) -> Iterator[tuple[int, list[str]]]:
-    """(client id, [field, text, field, text, ...]) per row: whole numbers stay whole, a missing value is left out.
-
-    The same text as `serving.store.encode`, made a column at a time rather than a value at a time.
-    """
-    columns: dict[str, list[Any]] = {}
-    for name in (*FEATURE_NAMES, "loan_date", "score", "label", "model_version"):
-        values = scored[name]
-        if name in INT_FIELDS:
-            present = values.notna().to_numpy()
-            text = np.where(present, values.fillna(0).astype("int64").astype(str), None)
-        elif name in FLOAT_FIELDS:
-            text = [None if v != v else repr(v) for v in values.astype("float64").tolist()]
-        else:
-            text = values.tolist()
-        columns[name] = list(text)
-    names = list(columns)
-    for client_id, *row in zip(scored["id"].tolist(), *columns.values(), strict=True):
-        yield (
-            int(client_id),
-            [x for name, value in zip(names, row, strict=True) if value is not None for x in (name, value)],
-        )
+# The fields written per client, in order: the features, then the record fields.
+WRITTEN_FIELDS = (*FEATURE_NAMES, "loan_date", "score", "label", "model_version")
 
 
 @dataclass(frozen=True)
@@ -120,28 +99,18 @@ def write_scored(latest: DataFrame, target: WriteTarget, model_bytes: Any) -> Da
         model = _MODELS.get(target.model_version)
         if model is None:
             model = _MODELS[target.model_version] = joblib.load(io.BytesIO(model_bytes.value))
-        store = OnlineStore(client_from_settings(target.redis, target.url), target.redis.prefix)
+        store = OnlineStore.from_settings(target.redis, target.url)
         try:
             for frame in frames:
                 scored = score_frame(frame, model, target.threshold, target.model_version)
                 started = time.time()
-                store.write_encoded(target.version, records(scored), target.redis.batch_size)
+                rows = store.codec.encode_columns(scored, WRITTEN_FIELDS)
+                store.write_encoded(target.version, rows, target.redis.batch_size)
                 yield pd.DataFrame({"rows": [len(frame)], "started": [started], "ended": [time.time()]})
         finally:
-            store.client.close()
+            store.close()
 
     return latest.mapInPandas(write_batches, WRITTEN_SCHEMA)
-
-
-def new_version(store: OnlineStore, now: dt.datetime) -> str:
-    """A sortable UTC version name not used before in this store."""
-    base = now.strftime("%Y%m%dT%H%M%SZ")
-    taken = set(store.versions())
-    version, n = base, 1
-    while version in taken or store.client.exists(store.meta_key(version)):
-        n += 1
-        version = f"{base}-{n}"
-    return version
 
 
 @dataclass(frozen=True)
@@ -157,9 +126,9 @@ def run(spark: SparkSession, args: MaterializeArgs) -> dict[str, Any]:
     pipeline, card = registry.load_approved(Path(args.models))
     url = args.redis_url or embedded.resolve_url(args.redis)
     try:
-        store = OnlineStore(client_from_settings(args.redis, url), args.redis.prefix)
-        store.client.ping()
-        version = new_version(store, dt.datetime.now(dt.UTC))
+        store = OnlineStore.from_settings(args.redis, url)
+        store.ping()
+        version = store.next_version(dt.datetime.now(dt.UTC))
         store.begin(version, {"source": args.features, "model_version": card["version"],
                               "feature_names": ",".join(FEATURE_NAMES)})  # fmt: skip
     except redis.RedisError as exc:
@@ -207,10 +176,12 @@ def _load(
         )
     finally:
         broadcast.unpersist()
+    if totals is None:  # an aggregate without grouping always has one row
+        raise MaterializeError("the write step returned no totals")
     seen = observed.get
     clients = store.complete(version, int(totals["rows"]))
     as_of = seen["as_of"].isoformat() if seen["as_of"] else ""
-    store.client.hset(store.meta_key(version), mapping={"rows": str(seen["rows"]), "as_of": as_of})
+    store.set_meta(version, {"rows": seen["rows"], "as_of": as_of})
     previous = store.publish(version)
     load_seconds = (totals["ended"] - totals["started"]) if totals["started"] is not None else 0.0
     return {"version": version, "previous": previous, "clients": clients, "rows": seen["rows"], "as_of": as_of,
@@ -238,9 +209,7 @@ def _reason(exc: BaseException) -> str:
 
 def parse_args(argv: Sequence[str] | None, settings: Settings) -> MaterializeArgs:
     parser = argparse.ArgumentParser(prog="spark-submit.sh materialize", description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--features", default=f"{settings.features.output}/features", help="the feature job's features/ folder"
-    )
+    parser.add_argument("--features", default=settings.features.features_dir, help="the feature job's features/ folder")
     parser.add_argument("--models", default=settings.model.models_dir, help="the model registry folder")
     parser.add_argument(
         "--redis-url", default=settings.redis.url, help="redis:// or rediss:// URL; empty: the embedded Redis"
@@ -268,8 +237,6 @@ def summary_line(summary: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the load from the command line; 0 published, 1 failed (nothing changed), 2 bad input."""
     settings = command_settings()
-    if settings is None:
-        return 2
     try:
         args = parse_args(argv, settings)
     except ValueError as exc:
@@ -292,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("%s", summary_line(summary))
     if summary["removed"]:
         log.info("removed old versions: %s", ", ".join(summary["removed"]))
-    print(summary["version"])
+    emit(summary["version"])
     return 0
 
 

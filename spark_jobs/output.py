@@ -9,10 +9,20 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
+
+
+def hadoop_fs(spark: SparkSession, path: str) -> tuple[Any, Any]:
+    """Hadoop's `Path` class and the `FileSystem` holding `path` (local, HDFS, an object store), via py4j."""
+    context = spark.sparkContext
+    if context._jvm is None or context._jsc is None:
+        raise RuntimeError("the Spark session is stopped")
+    path_class = context._jvm.org.apache.hadoop.fs.Path
+    return path_class, path_class(path).getFileSystem(context._jsc.hadoopConfiguration())
 
 
 class PublishError(RuntimeError):
@@ -27,10 +37,8 @@ class StagedOutput:
     """
 
     def __init__(self, spark: SparkSession, root: str) -> None:
-        jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
-        self._Path = jvm.org.apache.hadoop.fs.Path
+        self._Path, self._fs = hadoop_fs(spark, root)
         self.root = self._Path(root)
-        self._fs = self.root.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())  # type: ignore[union-attr]
         self.run_id = uuid.uuid4().hex[:12]
         self._staging = self._Path(self.root, f"_tmp-{self.run_id}")
 

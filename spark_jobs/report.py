@@ -1,4 +1,4 @@
-"""Print where a feature run's outputs are and its report's summary: `python -m spark_jobs.report OUT`."""
+"""Print where a feature run's outputs are and its report's summary: `credit report OUT`."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def summary(report: dict[str, Any]) -> str:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: python -m spark_jobs.report OUTPUT_FOLDER", file=sys.stderr)
+        print("usage: credit report OUTPUT_FOLDER", file=sys.stderr)
         return 2
     out = Path(argv[0])
     path = out / "report.json"

@@ -15,7 +15,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spark_jobs.schema import NULL_REASONS, RAW_COLUMNS, REJECT_REASONS
+from contract import NULL_REASONS, RAW_COLUMNS, REJECT_REASONS
 
 TRIM = " \t\r\n"
 MAX_LONG = 2**63 - 1

@@ -19,10 +19,15 @@ from conf import load_settings
 from model import backtest as bt
 from model import drift, registry
 from model import train as tr
+from model.data import load_features
 from tests.synthetic import synthetic_features
 
 ROOT = Path(__file__).resolve().parent.parent
-SETTINGS = dataclasses.replace(load_settings(env={}).model, n_estimators=20, max_depth=5, min_samples_leaf=5)
+MODEL_SETTINGS = load_settings(env={}).model
+SETTINGS = dataclasses.replace(
+    MODEL_SETTINGS,
+    classifier=dataclasses.replace(MODEL_SETTINGS.classifier, n_estimators=20, max_depth=5, min_samples_leaf=5),
+)
 FLOORS = dataclasses.replace(load_settings(env={}).monitoring, min_roc_auc=0.6, min_average_precision=0.2,
                              min_recall=0.3, max_psi=0.25)  # fmt: skip
 UNTIL = dt.date(2019, 12, 31)
@@ -34,9 +39,9 @@ def registry_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Synthetic features (no drift by construction) and a model trained up to 2019, approved."""
     base = tmp_path_factory.mktemp("backtest")
     features = synthetic_features(base / "features", clients=600, seed=1)
-    result = tr.train(SETTINGS, tr.load_features(features, UNTIL), leaky=False)
+    result = tr.train(SETTINGS, load_features(features, UNTIL), leaky=False)
     models = base / "models"
-    registry.approve(models, registry.save(models, result.pipeline, result.card, result.curves))
+    registry.approve(models, registry.save(models, result.pipeline, result.card, result.plots()))
     return features, models
 
 
@@ -69,12 +74,13 @@ def test_psi_is_zero_for_the_same_distribution_and_grows_with_a_shift() -> None:
 def test_backtest_healthy_later_window_passes(registry_dir: tuple[Path, Path], tmp_path: Path) -> None:
     features, models = registry_dir
     pipeline, card = registry.load_approved(models)
-    report = bt.backtest(features, pipeline, card, LATER, FLOORS)
+    result = bt.backtest(features, pipeline, card, LATER, FLOORS)
+    report = result.report
     assert report["exit_code"] == bt.HEALTHY and report["verdict"] == "healthy"
     assert all(c["passed"] for c in report["checks"])
     assert max(report["drift"]["psi"].values()) < FLOORS.max_psi
     assert report["window"]["first_loan_date"] >= "2020-01-01"
-    bt.write_report(tmp_path / "report", report)
+    bt.write_report(tmp_path / "report", result)
     saved = json.loads((tmp_path / "report" / "report.json").read_text())
     assert saved["verdict"] == "healthy" and saved["metrics"]["roc_auc"] == report["metrics"]["roc_auc"]
     for plot in ("scores.png", "roc.png", "drift.png"):
@@ -87,7 +93,7 @@ def test_backtest_shuffled_labels_break_the_floors(registry_dir: tuple[Path, Pat
     rng = np.random.default_rng(5)
     shuffled = rewrite_window(features, tmp_path / "shuffled", "status", rng.permutation)
     pipeline, card = registry.load_approved(models)
-    report = bt.backtest(shuffled, pipeline, card, LATER, FLOORS)
+    report = bt.backtest(shuffled, pipeline, card, LATER, FLOORS).report
     assert report["exit_code"] == bt.FLOOR_BROKEN
     assert report["metrics"]["roc_auc"] < FLOORS.min_roc_auc
     assert report["verdict"].startswith("floor broken: ")
@@ -99,7 +105,7 @@ def test_backtest_shifted_feature_is_drift(registry_dir: tuple[Path, Path], tmp_
     older = rewrite_window(features, tmp_path / "older", "age", lambda ages: ages + 25)
     pipeline, card = registry.load_approved(models)
     report = bt.backtest(older, pipeline, card, LATER, dataclasses.replace(FLOORS, min_roc_auc=0.0,
-                         min_average_precision=0.0, min_recall=0.0))  # fmt: skip
+                         min_average_precision=0.0, min_recall=0.0)).report  # fmt: skip
     assert report["drift"]["drifted"] == ["age"]
     assert report["exit_code"] == bt.DRIFT and report["verdict"] == "drift: age"
 

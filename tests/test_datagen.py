@@ -9,8 +9,8 @@ import statistics
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from contract import RAW_COLUMNS
 from datagen.generate import NOT_EMPLOYED_DAYS, REFERENCE_DATE, write_csv
-from spark_jobs.schema import RAW_COLUMNS
 
 
 def read(path: Path) -> list[dict[str, str]]:

@@ -13,10 +13,10 @@ import pytest
 from pyspark.sql import SparkSession
 from pyspark.testing import assertDataFrameEqual
 
+from contract import RAW_COLUMNS
 from datagen.generate import write_csv
 from spark_jobs import features as fj
 from spark_jobs.output import StagedOutput
-from spark_jobs.schema import RAW_COLUMNS
 from tests import reference
 
 ROOT = Path(__file__).resolve().parent.parent

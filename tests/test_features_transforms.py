@@ -11,8 +11,8 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 from pyspark.testing import assertDataFrameEqual
 
+from contract import OUTPUT_COLUMNS, RAW_COLUMNS
 from spark_jobs import features as fj
-from spark_jobs.schema import OUTPUT_COLUMNS, RAW_COLUMNS
 
 RAW_SCHEMA = StructType([StructField(c, StringType()) for c in RAW_COLUMNS])
 OUTPUT_SCHEMA = (

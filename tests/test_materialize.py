@@ -17,17 +17,22 @@ from pyspark.sql import SparkSession
 from pyspark.testing import assertDataFrameEqual
 
 from conf import load_settings
+from contract import FEATURE_NAMES
 from model import registry
 from model import train as tr
-from serving.store import OnlineStore, connect, encode
+from model.data import load_features
+from serving.store import Codec, OnlineStore, connect
 from spark_jobs import materialize as mz
-from spark_jobs.schema import FEATURE_NAMES
 from tests.redis_servers import RedisServer, free_port
 from tests.synthetic import synthetic_features
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = load_settings(env={})
-MODEL = dataclasses.replace(SETTINGS.model, n_estimators=10, max_depth=4, min_samples_leaf=5)
+KEYS = OnlineStore(redis.Redis(), prefix=SETTINGS.redis.prefix)  # the key builders of the job's prefix
+MODEL = dataclasses.replace(
+    SETTINGS.model,
+    classifier=dataclasses.replace(SETTINGS.model.classifier, n_estimators=10, max_depth=4, min_samples_leaf=5),
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +40,9 @@ def approved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Synthetic features of 300 clients and an approved model trained on them."""
     base = tmp_path_factory.mktemp("materialize")
     features = synthetic_features(base / "features", clients=300, seed=3)
-    result = tr.train(MODEL, tr.load_features(features), leaky=False)
+    result = tr.train(MODEL, load_features(features), leaky=False)
     models = base / "models"
-    registry.approve(models, registry.save(models, result.pipeline, result.card, result.curves))
+    registry.approve(models, registry.save(models, result.pipeline, result.card, result.plots()))
     return features, models
 
 
@@ -93,8 +98,10 @@ def test_records_give_the_same_text_as_the_stores_encoder() -> None:
              {"nb_previous_loans": 0, "avg_amount_loans_previous": None, "age": None, "years_on_the_job": 7,
               "flag_own_car": 0, "loan_date": "3021-09-18", "score": 1e-20, "label": 0,
               "model_version": "m"}]  # fmt: skip
-    got = [(i, dict(zip(fields[::2], fields[1::2], strict=True))) for i, fields in mz.records(scored)]
-    assert got == [(1, encode(typed[0])), (2, encode(typed[1]))]
+    codec = Codec.for_features()
+    encoded = codec.encode_columns(scored, mz.WRITTEN_FIELDS)
+    got = [(i, dict(zip(fields[::2], fields[1::2], strict=True))) for i, fields in encoded]
+    assert got == [(1, codec.encode(typed[0])), (2, codec.encode(typed[1]))]
     assert got[0][1]["age"] == "41" and "years_on_the_job" not in got[0][1] and got[1][1]["score"] == "1e-20"
 
 
@@ -107,10 +114,10 @@ def test_materialize_publishes_the_latest_rows_with_the_models_scores(
     latest = expected_latest(features)
     assert summary["clients"] == len(latest) == 300 and summary["previous"] is None
     client = redis.Redis.from_url(redis_url, decode_responses=True)
-    version = client.get("credit:active")
-    assert version == summary["version"] and client.zrange("credit:versions", 0, -1) == [version]
+    version = client.get(KEYS.active_key)
+    assert version == summary["version"] and client.zrange(KEYS.versions_key, 0, -1) == [version]
     ids = sorted(latest)
-    frame = tr.load_features(features).frame.iloc[:0]  # the model's column types
+    frame = load_features(features).frame.iloc[:0]  # the model's column types
     import pandas as pd
 
     rows = pd.DataFrame([{name: latest[i][name] for name in FEATURE_NAMES} for i in ids]).astype(
@@ -120,7 +127,7 @@ def test_materialize_publishes_the_latest_rows_with_the_models_scores(
     threshold = card["threshold"]["value"]
     for client_id, score in zip(ids, scores, strict=True):
         row = latest[client_id]
-        stored = client.hgetall(f"credit:{version}:client:{client_id}")
+        stored = client.hgetall(KEYS.client_key(version, client_id))
         want = {
             name: str(row[name])
             for name in FEATURE_NAMES
@@ -131,9 +138,9 @@ def test_materialize_publishes_the_latest_rows_with_the_models_scores(
         want |= {"loan_date": row["loan_date"].isoformat(), "score": repr(float(score)),
                  "label": str(int(score >= threshold)), "model_version": card["version"]}  # fmt: skip
         assert stored == want, client_id
-    labels = [int(client.hget(f"credit:{version}:client:{i}", "label")) for i in ids]
+    labels = [int(client.hget(KEYS.client_key(version, i), "label")) for i in ids]
     assert 0 < sum(labels) < len(labels)  # the threshold splits the clients
-    meta = client.hgetall(f"credit:{version}:meta")
+    meta = client.hgetall(KEYS.meta_key(version))
     assert meta["status"] == "complete" and meta["clients"] == "300" and meta["model_version"] == card["version"]
     assert meta["rows"] == str(pq.read_metadata(next(features.glob("*.parquet"))).num_rows)
     assert meta["as_of"] == max(r["loan_date"] for r in latest.values()).isoformat()
@@ -195,7 +202,7 @@ def test_materialize_fails_cleanly_when_redis_runs_out_mid_load_and_a_rerun_succ
     features = synthetic_features(tmp_path / "features", clients=3000, seed=4)  # ~1 MB in Redis
     first = mz.run(spark, job_args(features, models, redis_url))
     admin = redis.Redis.from_url(redis_url, decode_responses=True)
-    before = {key: admin.hgetall(key) for key in admin.scan_iter(f"credit:{first['version']}:client:*")}
+    before = {key: admin.hgetall(key) for key in admin.scan_iter(KEYS.client_key(first["version"], "*"))}
     # Writes start failing (OOM) a few hundred clients in: a real Redis error in the middle of the load.
     admin.config_set("maxmemory-policy", "noeviction")
     admin.config_set("maxmemory", int(admin.info("memory")["used_memory"]) + 300_000)
@@ -204,13 +211,13 @@ def test_materialize_fails_cleanly_when_redis_runs_out_mid_load_and_a_rerun_succ
             mz.run(spark, job_args(features, models, redis_url))
     finally:
         admin.config_set("maxmemory", 0)
-    assert admin.get("credit:active") == first["version"]
-    assert {key: admin.hgetall(key) for key in admin.scan_iter(f"credit:{first['version']}:client:*")} == before
-    assert admin.zrange("credit:versions", 0, -1) == [first["version"]]  # the failed namespace was removed
-    assert sorted(k for k in admin.scan_iter("credit:*") if not k.startswith(f"credit:{first['version']}:")) == [
-        "credit:active", "credit:versions"]  # fmt: skip
+    assert admin.get(KEYS.active_key) == first["version"]
+    assert {key: admin.hgetall(key) for key in admin.scan_iter(KEYS.client_key(first["version"], "*"))} == before
+    assert admin.zrange(KEYS.versions_key, 0, -1) == [first["version"]]  # the failed namespace was removed
+    others = sorted(k for k in admin.scan_iter("*") if not k.startswith(KEYS.namespace(first["version"])))
+    assert others == [KEYS.active_key, KEYS.versions_key]
     again = mz.run(spark, job_args(features, models, redis_url))
-    assert again["previous"] == first["version"] and admin.get("credit:active") == again["version"]
+    assert again["previous"] == first["version"] and admin.get(KEYS.active_key) == again["version"]
 
 
 def test_materialize_survives_redis_going_down_during_a_load(
@@ -222,11 +229,11 @@ def test_materialize_survives_redis_going_down_during_a_load(
     try:
         first = mz.run(spark, job_args(features, models, server.url))
         admin = redis.Redis.from_url(server.url, decode_responses=True)
-        before = {key: admin.hgetall(key) for key in admin.scan_iter(f"credit:{first['version']}:*")}
+        before = {key: admin.hgetall(key) for key in admin.scan_iter(KEYS.namespace(first["version"]) + "*")}
 
         def stop_when_the_next_load_begins() -> None:
             deadline = time.monotonic() + 60
-            while admin.zcard("credit:versions") < 2 and time.monotonic() < deadline:
+            while admin.zcard(KEYS.versions_key) < 2 and time.monotonic() < deadline:
                 time.sleep(0.002)
             server.stop()
 
@@ -237,14 +244,14 @@ def test_materialize_survives_redis_going_down_during_a_load(
         watcher.join()
         server.start()  # the append-only file brings the data back
         admin = redis.Redis.from_url(server.url, decode_responses=True)
-        assert admin.get("credit:active") == first["version"]
-        assert {key: admin.hgetall(key) for key in admin.scan_iter(f"credit:{first['version']}:*")} == before
+        assert admin.get(KEYS.active_key) == first["version"]
+        assert {key: admin.hgetall(key) for key in admin.scan_iter(KEYS.namespace(first["version"]) + "*")} == before
         again = mz.run(
             spark, job_args(features, models, server.url, grace_period_seconds=0.001, version_cache_seconds=0)
         )
-        assert again["previous"] == first["version"] and admin.get("credit:active") == again["version"]
+        assert again["previous"] == first["version"] and admin.get(KEYS.active_key) == again["version"]
         assert len(again["removed"]) == 1  # the failed load's leftovers
-        assert admin.zrange("credit:versions", 0, -1) == [first["version"], again["version"]]
+        assert admin.zrange(KEYS.versions_key, 0, -1) == [first["version"], again["version"]]
     finally:
         server.stop()
 
@@ -261,8 +268,8 @@ def test_materialize_with_zero_clients_never_moves_the_pointer(
     with pytest.raises(mz.MaterializeError, match="holds 0 clients, expected 0"):
         mz.run(spark, job_args(empty, models, redis_url))
     admin = redis.Redis.from_url(redis_url, decode_responses=True)
-    assert admin.get("credit:active") == first["version"]
-    assert admin.zrange("credit:versions", 0, -1) == [first["version"]]
+    assert admin.get(KEYS.active_key) == first["version"]
+    assert admin.zrange(KEYS.versions_key, 0, -1) == [first["version"]]
 
 
 def test_materialize_with_redis_down_fails_fast_and_names_it(spark: SparkSession, approved: tuple[Path, Path]) -> None:
@@ -279,7 +286,7 @@ def test_materialize_into_a_redis_cluster(spark: SparkSession, approved: tuple[P
     settings = job_args(features, models, redis_cluster.url, prefix=f"c{time.monotonic_ns()}")
     summary = mz.run(spark, settings)
     store = OnlineStore(connect(redis_cluster.url, 0.5, 1.0), prefix=settings.redis.prefix)
-    assert type(store.client).__name__ == "RedisCluster"
+    assert store.clustered
     assert store.active_version() == summary["version"] and store.count_clients(summary["version"]) == 300
     latest = expected_latest(features)
     version, records = store.read_many(sorted(latest))
@@ -299,7 +306,7 @@ def test_materialize_command_publishes_and_refuses_without_an_approved_model(
     done = subprocess.run([*command, "--models", str(models)], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     version = done.stdout.strip().splitlines()[-1]
-    assert redis.Redis.from_url(redis_url, decode_responses=True).get("credit:active") == version
+    assert redis.Redis.from_url(redis_url, decode_responses=True).get(KEYS.active_key) == version
     logs = done.stdout + done.stderr  # spark-submit sends the driver's log lines to stdout
     assert f"published version {version} (previous none): 300 clients" in logs and "clients/s" in logs
     refused = subprocess.run(

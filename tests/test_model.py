@@ -17,13 +17,18 @@ from imblearn.over_sampling import SMOTE
 
 from conf import load_settings
 from conf.settings import ModelSettings
+from contract import FEATURE_NAMES
 from model import registry
 from model import train as tr
-from spark_jobs.schema import FEATURE_NAMES
+from model.data import fingerprint, load_features
 from tests.synthetic import synthetic_features
 
 ROOT = Path(__file__).resolve().parent.parent
-SETTINGS = dataclasses.replace(load_settings(env={}).model, n_estimators=12, max_depth=4, min_samples_leaf=5)
+MODEL_SETTINGS = load_settings(env={}).model
+SETTINGS = dataclasses.replace(
+    MODEL_SETTINGS,
+    classifier=dataclasses.replace(MODEL_SETTINGS.classifier, n_estimators=12, max_depth=4, min_samples_leaf=5),
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +38,11 @@ def features(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(features: Path) -> tr.TrainResult:
-    return tr.train(SETTINGS, tr.load_features(features))
+    return tr.train(SETTINGS, load_features(features))
 
 
 def test_split_by_client_puts_each_client_on_one_side(features: Path) -> None:
-    frame = tr.load_features(features).frame
+    frame = load_features(features).frame
     left, right = tr.split_by_client(frame, 0.2, seed=3)
     assert set(left["id"]).isdisjoint(set(right["id"]))
     assert len(left) + len(right) == len(frame)
@@ -53,7 +58,7 @@ def test_smote_is_fitted_on_training_clients_only(features: Path, monkeypatch: p
         return original(self, x, y, **kw)
 
     monkeypatch.setattr(SMOTE, "fit_resample", recording)
-    data = tr.load_features(features)
+    data = load_features(features)
     result = tr.train(SETTINGS, data, leaky=False)
     rest, test = tr.split_by_client(data.frame, SETTINGS.test_clients, SETTINGS.seed)
     fit_part, validation = tr.split_by_client(rest, SETTINGS.validation_clients, SETTINGS.seed)
@@ -76,7 +81,7 @@ def test_no_identifier_is_a_feature(trained: tr.TrainResult) -> None:
 
 
 def test_train_writes_card_model_and_plots(trained: tr.TrainResult, features: Path, tmp_path: Path) -> None:
-    version = registry.save(tmp_path, trained.pipeline, trained.card, trained.curves)
+    version = registry.save(tmp_path, trained.pipeline, trained.card, trained.plots())
     folder = tmp_path / version
     card = json.loads((folder / "model_card.json").read_text())
     for key in ("version", "created_at", "training_data", "features", "parameters", "library_versions",
@@ -84,7 +89,7 @@ def test_train_writes_card_model_and_plots(trained: tr.TrainResult, features: Pa
         assert key in card, key
     assert card["version"] == version and registry.VERSION.match(version)
     assert card["training_data"]["location"] == str(features)
-    assert card["training_data"]["fingerprint"] == tr.fingerprint(features)
+    assert card["training_data"]["fingerprint"] == fingerprint(features)
     assert set(card["metrics"]) >= {"roc_auc", "average_precision", "precision", "recall", "f1",
                                     "confusion_matrix", "base_rate"}  # fmt: skip
     assert sum(card["metrics"]["confusion_matrix"].values()) == card["split"]["test"]["rows"]
@@ -93,17 +98,17 @@ def test_train_writes_card_model_and_plots(trained: tr.TrainResult, features: Pa
     for plot in ("roc.png", "pr.png"):
         assert (folder / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     model = joblib.load(folder / "model.joblib")
-    sample = tr.load_features(features).frame[card["features"]].head(50)
+    sample = load_features(features).frame[card["features"]].head(50)
     scores = model.predict_proba(sample)[:, 1]
     assert scores.shape == (50,) and ((scores >= 0) & (scores <= 1)).all()
 
 
 def test_train_same_data_and_seed_same_metrics(features: Path, trained: tr.TrainResult) -> None:
-    again = tr.train(SETTINGS, tr.load_features(features))
+    again = tr.train(SETTINGS, load_features(features))
     assert again.card["metrics"] == trained.card["metrics"]
     assert again.card["threshold"] == trained.card["threshold"]
     assert again.card["leaky_protocol"] == trained.card["leaky_protocol"]
-    other = tr.train(dataclasses.replace(SETTINGS, seed=7), tr.load_features(features), leaky=False)
+    other = tr.train(dataclasses.replace(SETTINGS, seed=7), load_features(features), leaky=False)
     assert other.card["split"] != trained.card["split"]
 
 
@@ -115,8 +120,8 @@ def test_honest_protocol_learns_something_and_leaky_claims_more(trained: tr.Trai
 
 def test_until_keeps_loans_up_to_the_date(features: Path) -> None:
     until = dt.date(2019, 12, 31)
-    data = tr.load_features(features, until)
-    assert max(data.frame["loan_date"]) <= until < max(tr.load_features(features).frame["loan_date"])
+    data = load_features(features, until)
+    assert max(data.frame["loan_date"]) <= until < max(load_features(features).frame["loan_date"])
     card = tr.train(SETTINGS, data, leaky=False).card
     assert card["training_data"]["until"] == "2019-12-31"
     assert card["training_data"]["last_loan_date"] <= "2019-12-31"
@@ -124,19 +129,19 @@ def test_until_keeps_loans_up_to_the_date(features: Path) -> None:
 
 def test_features_missing_or_corrupt_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(tr.FeaturesError, match=r"no features at .*nowhere"):
-        tr.load_features(tmp_path / "nowhere")
+        load_features(tmp_path / "nowhere")
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
     (corrupt / "part-0.parquet").write_bytes(b"not parquet at all")
     with pytest.raises(tr.FeaturesError, match="cannot read features at"):
-        tr.load_features(corrupt)
+        load_features(corrupt)
     with pytest.raises(tr.FeaturesError, match="no labelled loans"):
-        tr.load_features(synthetic_features(tmp_path / "f", clients=20), dt.date(2000, 1, 1))
+        load_features(synthetic_features(tmp_path / "f", clients=20), dt.date(2000, 1, 1))
 
 
 def test_approve_rollback_and_listing(trained: tr.TrainResult, tmp_path: Path) -> None:
-    first = registry.save(tmp_path, trained.pipeline, trained.card, trained.curves)
-    second = registry.save(tmp_path, trained.pipeline, trained.card, trained.curves)
+    first = registry.save(tmp_path, trained.pipeline, trained.card, trained.plots())
+    second = registry.save(tmp_path, trained.pipeline, trained.card, trained.plots())
     assert registry.versions(tmp_path) == [first, second]
     with pytest.raises(registry.RegistryError, match="no approved model"):
         registry.load_approved(tmp_path)
@@ -152,7 +157,7 @@ def test_approve_rollback_and_listing(trained: tr.TrainResult, tmp_path: Path) -
 
 
 def test_unknown_or_damaged_version_is_refused(trained: tr.TrainResult, tmp_path: Path) -> None:
-    version = registry.save(tmp_path, trained.pipeline, trained.card, trained.curves)
+    version = registry.save(tmp_path, trained.pipeline, trained.card, trained.plots())
     with pytest.raises(registry.RegistryError, match=f"unknown model version '20990101T000000Z'.*{version}"):
         registry.approve(tmp_path, "20990101T000000Z")
     (tmp_path / version / "model.joblib").write_bytes(b"garbage")
@@ -163,7 +168,7 @@ def test_unknown_or_damaged_version_is_refused(trained: tr.TrainResult, tmp_path
 
 @pytest.mark.slow
 def test_commands_train_approve_and_list(features: Path, tmp_path: Path) -> None:
-    env = {**os.environ, "CREDIT_MODEL_N_ESTIMATORS": "10", "CREDIT_MODEL_MAX_DEPTH": "4"}
+    env = {**os.environ, "CREDIT_MODEL_CLASSIFIER_N_ESTIMATORS": "10", "CREDIT_MODEL_CLASSIFIER_MAX_DEPTH": "4"}
     models = tmp_path / "models"
 
     def command(*args: str) -> subprocess.CompletedProcess[str]:
@@ -189,9 +194,13 @@ def test_train_on_the_feature_jobs_output(spark: object, tmp_path: Path) -> None
     source = tmp_path / "loans.csv"
     write_csv(source, clients=600, seed=3, dirty=True)
     fj.run(spark, fj.FeatureJobArgs(str(source), str(tmp_path / "out"), dt.date(2020, 12, 31)))  # type: ignore[arg-type]
-    data = tr.load_features(tmp_path / "out" / "features")
+    data = load_features(tmp_path / "out" / "features")
     assert len(data.frame) > 10000 and set(pd.unique(data.frame["status"])) == {0, 1}
-    result = tr.train(dataclasses.replace(SETTINGS, n_estimators=20), data, leaky=False)
+    result = tr.train(
+        dataclasses.replace(SETTINGS, classifier=dataclasses.replace(SETTINGS.classifier, n_estimators=20)),
+        data,
+        leaky=False,
+    )
     assert result.card["training_data"]["clients"] == 600
     assert 0 <= result.card["metrics"]["roc_auc"] <= 1
 

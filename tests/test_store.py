@@ -6,13 +6,14 @@ import datetime as dt
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
 from serving import embedded
-from serving.store import NotPublished, OnlineStore, StoreError, connect, decode, encode
+from serving.store import Codec, NotPublished, OnlineStore, StoreError, connect
 from tests.redis_servers import TlsProxy, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,31 +26,36 @@ def load(store: OnlineStore, version: str, clients: dict[int, dict], now: float 
 
 
 @pytest.fixture(params=["redis", "cluster"])
-def store(request: pytest.FixtureRequest) -> OnlineStore:
-    """The store on one Redis, then on a three-node Redis Cluster, with no version cache."""
+def store_url(request: pytest.FixtureRequest) -> str:
+    """One Redis, then a three-node Redis Cluster."""
     if request.param == "redis":
-        url = request.getfixturevalue("redis_url")
-    else:
-        url = request.getfixturevalue("redis_cluster").url
-    client = connect(url, 0.5, 1.0)
-    yield OnlineStore(client, prefix=f"t{time.monotonic_ns()}", version_cache_seconds=0)
-    client.close()
+        return request.getfixturevalue("redis_url")
+    return request.getfixturevalue("redis_cluster").url
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[OnlineStore]:
+    """The store on `store_url` under a fresh prefix, with no version cache."""
+    store = OnlineStore.from_url(store_url, 0.5, 1.0, prefix=f"t{time.monotonic_ns()}", version_cache_seconds=0)
+    yield store
+    store.close()
 
 
 def test_encode_leaves_nulls_out_and_decode_restores_types() -> None:
     record = {"nb_previous_loans": 3, "avg_amount_loans_previous": 2134.5, "age": None,
               "years_on_the_job": float("nan"), "flag_own_car": 0, "loan_date": dt.date(3021, 9, 18),
               "score": 0.1 + 0.2, "label": 1, "model_version": "v"}  # fmt: skip
-    fields = encode(record)
+    codec = Codec.for_features()
+    fields = codec.encode(record)
     assert fields == {"nb_previous_loans": "3", "avg_amount_loans_previous": "2134.5", "flag_own_car": "0",
                       "loan_date": "3021-09-18", "score": "0.30000000000000004", "label": "1",
                       "model_version": "v"}  # fmt: skip
-    assert decode(fields) == {"nb_previous_loans": 3, "avg_amount_loans_previous": 2134.5, "flag_own_car": 0,
+    assert codec.decode(fields) == {"nb_previous_loans": 3, "avg_amount_loans_previous": 2134.5, "flag_own_car": 0,
                               "loan_date": "3021-09-18", "score": 0.1 + 0.2, "label": 1,
                               "model_version": "v"}  # fmt: skip
 
 
-def test_store_reads_one_whole_published_version(store: OnlineStore) -> None:
+def test_store_reads_one_whole_published_version(store: OnlineStore, store_url: str) -> None:
     with pytest.raises(NotPublished, match="no version published"):
         store.read(1)
     load(store, "v1", {i: {"nb_previous_loans": i, "loan_date": "2020-01-01"} for i in range(1, 51)})
@@ -59,7 +65,8 @@ def test_store_reads_one_whole_published_version(store: OnlineStore) -> None:
     version, many = store.read_many([3, 99, 50])
     assert version == "v1" and many == [{"nb_previous_loans": 3, "loan_date": "2020-01-01"}, None,
                                         {"nb_previous_loans": 50, "loan_date": "2020-01-01"}]  # fmt: skip
-    assert store.client.hgetall(store.client_key("v1", 7)) == {"nb_previous_loans": "7", "loan_date": "2020-01-01"}
+    raw = connect(store_url, 0.5, 1.0)
+    assert raw.hgetall(store.client_key("v1", 7)) == {"nb_previous_loans": "7", "loan_date": "2020-01-01"}
     meta = store.meta("v1")
     assert meta["status"] == "complete" and meta["clients"] == "50" and meta["source"] == "test"
     assert "published_at" in meta
@@ -164,8 +171,8 @@ def test_store_connects_over_tls_with_a_password_from_a_rediss_url(redis_url: st
 def test_embedded_redis_starts_on_loopback_keeps_data_and_stops(tmp_path: Path) -> None:
     port = free_port()
     env = {"CREDIT_REDIS_EMBEDDED_PORT": str(port), "CREDIT_REDIS_EMBEDDED_DIR": str(tmp_path / "redis"),
-           "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}  # fmt: skip
-    run = [sys.executable, "-m", "serving.embedded"]
+           "PATH": "/usr/bin:/bin"}  # fmt: skip
+    run = [str(Path(sys.executable).with_name("credit")), "redis"]
     try:
         configured = {**env, "REDIS_URL": "redis://127.0.0.1:1/0"}
         ensure = subprocess.run([*run, "ensure"], env=configured, capture_output=True, text=True, timeout=30, cwd=ROOT)
@@ -177,16 +184,17 @@ def test_embedded_redis_starts_on_loopback_keeps_data_and_stops(tmp_path: Path) 
         assert started.stdout.strip() == f"redis://127.0.0.1:{port}/0"
         client = redis.Redis(port=port)
         assert client.config_get("bind")["bind"] == "127.0.0.1"
-        client.set("credit:active", "v1")
+        active_key = OnlineStore(client).active_key
+        client.set(active_key, "v1")
         again = subprocess.run([*run, "start"], env=env, capture_output=True, text=True, timeout=30, cwd=ROOT)
-        assert "reusing" in again.stderr and client.get("credit:active") == b"v1"
-        cli = subprocess.run([*run, "cli", "GET", "credit:active"], env=env, capture_output=True, text=True, cwd=ROOT)
+        assert "reusing" in again.stderr and client.get(active_key) == b"v1"
+        cli = subprocess.run([*run, "cli", "GET", active_key], env=env, capture_output=True, text=True, cwd=ROOT)
         assert cli.stdout.strip() == "v1"
         assert subprocess.run([*run, "stop"], env=env, cwd=ROOT, capture_output=True).returncode == 0
         assert subprocess.run([*run, "status"], env=env, cwd=ROOT, capture_output=True).returncode == 1
         assert (tmp_path / "redis" / "dump.rdb").exists()
         assert embedded.start(port, tmp_path / "redis") == f"redis://127.0.0.1:{port}/0"
-        assert redis.Redis(port=port).get("credit:active") == b"v1"  # the snapshot was loaded again
+        assert redis.Redis(port=port).get(active_key) == b"v1"  # the snapshot was loaded again
     finally:
         embedded.stop(port)
 

@@ -1,0 +1,98 @@
+"""The five features of DESIGN §5: what each is, when it is null and why, how the model fills it.
+
+For each client, the accepted loans are ordered by (`loan_date`, `loan_id`); every feature of the
+k-th loan is computed as of that loan's date from loans 1 .. k-1 and the client's attributes. The
+Spark form of each feature is in `contract.spark`; the definitions here are what every stage derives
+its columns, types and descriptions from.
+
+Adding a feature: a `Feature` entry below (and a Python form when the service must compute it),
+and its Spark expression in `contract/spark.py`. The Parquet columns, the model's columns and
+imputation, the store's field types and the API's shapes follow from this list.
+"""
+
+from __future__ import annotations
+
+import calendar
+import dataclasses
+import datetime as dt
+from typing import Literal
+
+MAX_AGE_YEARS = 120
+MAX_YEARS_ON_THE_JOB = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class Imputation:
+    """How the model fills an empty value of a feature, fitted on the training rows only."""
+
+    strategy: Literal["median", "constant", "most_frequent"]
+    why: str
+    fill_value: float | None = None
+    add_indicator: bool = False
+
+    @property
+    def rule(self) -> str:
+        """The rule in words, as the model card states it."""
+        text = {"median": "median", "most_frequent": "most frequent"}.get(self.strategy)
+        if text is None:
+            text = f"constant {self.fill_value:g}"
+        return text + (", plus a 'missing' indicator" if self.add_indicator else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class Feature:
+    """One feature: its name, value type, meaning, null reasons (in the order checked), imputation."""
+
+    name: str
+    type: type[int] | type[float]
+    description: str
+    null_reasons: tuple[str, ...]
+    imputation: Imputation
+
+    @property
+    def spark_type(self) -> str:
+        """Its column type in the features Parquet (`int` or `double`)."""
+        return "int" if self.type is int else "double"
+
+
+FEATURES: tuple[Feature, ...] = (
+    Feature(
+        "nb_previous_loans", int, "loans of the client before this one", (),
+        Imputation("median", "never empty; kept for safety"),
+    ),
+    Feature(
+        "avg_amount_loans_previous", float, "mean amount of the earlier loans; null for a first loan",
+        ("first_loan",),
+        Imputation("constant", "empty means a first loan: no earlier amount", fill_value=0.0),
+    ),
+    Feature(
+        "age", int, "whole years from birthday to the loan date",
+        ("birthday_missing", "birthday_invalid", "birthday_after_loan_date", "age_over_120"),
+        Imputation("median", "empty means an unknown or impossible birthday: the typical age"),
+    ),
+    Feature(
+        "years_on_the_job", int, "whole years from job start to the loan date; null if not employed",
+        ("job_start_missing", "job_start_invalid", "job_start_after_loan_date", "job_start_before_birthday",
+         "years_on_the_job_over_100"),
+        Imputation("constant", "empty mostly means not employed", fill_value=0.0, add_indicator=True),
+    ),
+    Feature(
+        "flag_own_car", int, "1 owns a car, 0 does not", ("flag_own_car_missing", "flag_own_car_invalid"),
+        Imputation("most_frequent", "empty means the source did not say: the common answer"),
+    ),
+)  # fmt: skip
+
+FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
+# Why a feature is null, per feature, in the order the reasons are checked.
+NULL_REASONS: dict[str, tuple[str, ...]] = {f.name: f.null_reasons for f in FEATURES}
+# The columns of the feature job's `features/` output, in order.
+OUTPUT_COLUMNS: tuple[str, ...] = ("loan_id", "id", "loan_date", *FEATURE_NAMES, "status")
+
+
+def whole_years(start: dt.date, end: dt.date) -> int:
+    """Whole years from `start` to `end` as people count age: a Feb 29 start turns a year on Feb 28."""
+    years = end.year - start.year
+    day = start.day
+    if start.month == 2 and day == 29 and not calendar.isleap(start.year + years):
+        day = 28
+    return years - 1 if (end.month, end.day) < (start.month, day) else years

@@ -1,0 +1,133 @@
+"""The Spark forms of the contract: reading raw values, the whole-years rule, the features (DESIGN §4, §5).
+
+Column -> Column helpers and one DataFrame -> DataFrame transform, with no reads or writes, used by
+the Spark jobs. The Python forms of the same rules are in `contract.raw` and `contract.features`.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+from contract.features import FEATURE_NAMES, MAX_AGE_YEARS, MAX_YEARS_ON_THE_JOB
+from contract.raw import DECIMAL_NUMBER, ISO_DATE, WHOLE_NUMBER
+
+# The parsed key columns the job adds to a raw row (see `spark_jobs.features.parse_keys`).
+CLIENT, LOAN_ID, LOAN_DATE, LOAN_AMOUNT = "_id", "_loan_id", "_loan_date", "_loan_amount"
+
+
+def parse_whole_number(value: Column) -> Column:
+    """A whole number in 1 .. 2^63-1 written as plain digits, else null."""
+    number = F.when(value.rlike(WHOLE_NUMBER), value.try_cast("long"))
+    return F.when(number >= 1, number)
+
+
+def parse_date(value: Column) -> Column:
+    """A real calendar date written `yyyy-MM-dd` (years 0001 .. 9999), else null."""
+    date = F.when(value.rlike(ISO_DATE), F.try_to_date(value, "yyyy-MM-dd"))
+    return F.when(F.year(date) >= 1, date)
+
+
+def parse_decimal(value: Column) -> Column:
+    """A finite decimal number (optionally with an exponent), else null."""
+    number = F.when(value.rlike(DECIMAL_NUMBER), value.try_cast("double"))
+    return F.when(~F.isnan(number) & (F.abs(number) < F.lit(float("inf"))), number)
+
+
+def whole_years(start: Column, end: Column) -> Column:
+    """Whole years from `start` to `end` as people count age (Feb 29 turns a year on Feb 28)."""
+    years = F.year(end) - F.year(start)
+    # add_months clamps to the month's last day, so Feb 29 + 1 year is Feb 28.
+    return F.when(F.add_months(start, years * 12) > end, years - 1).otherwise(years)
+
+
+def first_reason(*cases: tuple[Column, str]) -> Column:
+    """The first reason whose condition holds, else null."""
+    result = F.when(cases[0][0], cases[0][1])
+    for condition, name in cases[1:]:
+        result = result.when(condition, name)
+    return result
+
+
+def age_null_reason(birthday_text: Column, birthday: Column, on: Column, years: Column) -> Column:
+    """Why `age` is null on date `on` (DESIGN §5), in the order checked; null when it has a value."""
+    return first_reason(
+        (birthday_text.isNull(), "birthday_missing"),
+        (birthday.isNull(), "birthday_invalid"),
+        (birthday > on, "birthday_after_loan_date"),
+        (years > MAX_AGE_YEARS, "age_over_120"),
+    )
+
+
+def job_null_reason(job_text: Column, job_start: Column, birthday: Column, on: Column, years: Column) -> Column:
+    """Why `years_on_the_job` is null on date `on` (the 3021-09-18 code is after it), in the order checked."""
+    return first_reason(
+        (job_text.isNull(), "job_start_missing"),
+        (job_start.isNull(), "job_start_invalid"),
+        (job_start > on, "job_start_after_loan_date"),
+        (job_start < birthday, "job_start_before_birthday"),
+        (years > MAX_YEARS_ON_THE_JOB, "years_on_the_job_over_100"),
+    )
+
+
+def car_null_reason(flag_text: Column, flag: Column) -> Column:
+    """Why `flag_own_car` is null: missing, or not Y/N in any case."""
+    return first_reason((flag_text.isNull(), "flag_own_car_missing"), (~flag.isin("Y", "N"), "flag_own_car_invalid"))
+
+
+def add_features(accepted: DataFrame, *keep: str) -> DataFrame:
+    """The features of each accepted loan as of its own date, with `_null_<feature>` reasons (DESIGN §5).
+
+    `accepted` holds the raw text columns and the parsed keys (`_id`, `_loan_id`, `_loan_date`,
+    `_loan_amount`); the result has `loan_id, id, loan_date`, the features, `status`, the null
+    reasons and the `keep` columns. One window per client ordered by (loan_date, loan_id), with an
+    explicit frame of all earlier rows, so same-day loans are ordered and both window features agree.
+    """
+    client = Window.partitionBy(CLIENT).orderBy(LOAN_DATE, LOAN_ID)
+    earlier = client.rowsBetween(Window.unboundedPreceding, -1)
+    loan_date = F.col(LOAN_DATE)
+
+    # Staged selects: each parsed value is a column, computed once, not an expression repeated in
+    # every condition that uses it.
+    dated = accepted.select(
+        "*",
+        parse_date(F.col("birthday")).alias("_birthday"),
+        parse_date(F.col("job_start_date")).alias("_job_start"),
+        F.upper(F.col("flag_own_car")).alias("_car"),
+    )
+    aged = dated.select(
+        "*",
+        whole_years(F.col("_birthday"), loan_date).alias("_age_years"),
+        whole_years(F.col("_job_start"), loan_date).alias("_job_years"),
+    )
+    birthday, job_start, car = F.col("_birthday"), F.col("_job_start"), F.col("_car")
+    reasons = aged.select(
+        "*",
+        age_null_reason(F.col("birthday"), birthday, loan_date, F.col("_age_years")).alias("_null_age"),
+        job_null_reason(F.col("job_start_date"), job_start, birthday, loan_date, F.col("_job_years")).alias(
+            "_null_years_on_the_job"
+        ),
+        car_null_reason(F.col("flag_own_car"), car).alias("_null_flag_own_car"),
+    )
+    previous = F.count(F.lit(1)).over(earlier)
+    features = {
+        "nb_previous_loans": previous.cast("int"),
+        "avg_amount_loans_previous": F.avg(LOAN_AMOUNT).over(earlier),
+        "age": F.when(F.col("_null_age").isNull(), F.col("_age_years")).cast("int"),
+        "years_on_the_job": F.when(F.col("_null_years_on_the_job").isNull(), F.col("_job_years")).cast("int"),
+        "flag_own_car": F.when(car == "Y", 1).when(car == "N", 0).cast("int"),
+    }
+    if tuple(features) != FEATURE_NAMES:
+        raise RuntimeError(f"contract/spark.py has expressions for {tuple(features)}, the contract {FEATURE_NAMES}")
+    return reasons.select(
+        F.col(LOAN_ID).alias("loan_id"),
+        F.col(CLIENT).alias("id"),
+        loan_date.alias("loan_date"),
+        *[column.alias(name) for name, column in features.items()],
+        F.col("status").try_cast("int").alias("status"),
+        F.when(previous == 0, "first_loan").alias("_null_avg_amount_loans_previous"),
+        "_null_age",
+        "_null_years_on_the_job",
+        "_null_flag_own_car",
+        *keep,
+    )

@@ -1,0 +1,1 @@
+"""The project's one command line: `credit JOB [ARGS...]` (also `./spark-submit.sh JOB [ARGS...]`)."""

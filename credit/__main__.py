@@ -1,0 +1,5 @@
+import sys
+
+from credit.commands import main
+
+sys.exit(main())

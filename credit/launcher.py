@@ -1,0 +1,91 @@
+"""Run a Spark job of the pipeline under `spark-submit`, with the Spark installed beside this Python.
+
+The project's packages travel to the executors as a zip (`--py-files`), so the same command runs on
+a cluster unchanged. `SPARK_DRIVER_MEMORY` (default 6g) and `SPARK_SUBMIT_OPTS_EXTRA` (extra
+spark-submit options, shell-quoted) tune the run. Spark merges the driver's stdout into its log, so
+the job's log goes to stderr and its result (see `conf.command.emit`) is printed on stdout at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from conf.command import RESULT_FILE_ENV
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("conf", "contract", "credit", "datagen", "model", "serving", "spark_jobs")
+CODE_SUFFIXES = (".py", ".toml")
+DRIVER = Path(__file__).with_name("spark_driver.py")
+LOG_CONFIG = ROOT / "conf" / "log4j2.properties"
+
+
+def package_code(target: Path) -> Path:
+    """Zip the project's packages (Python files and the settings file) for `--py-files`."""
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
+        for package in PACKAGES:
+            for path in sorted((ROOT / package).rglob("*")):
+                if path.suffix in CODE_SUFFIXES and "__pycache__" not in path.parts:
+                    archive.write(path, path.relative_to(ROOT).as_posix())
+    return target
+
+
+def spark_submit_command(job: str, args: Sequence[str], master: str, code: Path) -> list[str]:
+    spark_submit = Path(sys.executable).parent / "spark-submit"
+    if not spark_submit.exists():
+        raise FileNotFoundError(f"no spark-submit beside {sys.executable}: run 'make install' first")
+    return [
+        str(spark_submit), "--master", master,
+        "--driver-memory", os.environ.get("SPARK_DRIVER_MEMORY", "6g"),
+        "--conf", "spark.ui.showConsoleProgress=false",
+        # A URI holds no space, so a checkout path with a space survives spark-submit's option splitting.
+        "--driver-java-options", f"-Dlog4j2.configurationFile={LOG_CONFIG.as_uri()}",
+        "--py-files", str(code),
+        *shlex.split(os.environ.get("SPARK_SUBMIT_OPTS_EXTRA", "")),
+        str(DRIVER), job, *args,
+    ]  # fmt: skip
+
+
+def submit(job: str, args: Sequence[str], master: str) -> int:
+    """Run `job` under spark-submit; its exit code. The job's result is printed on stdout at the end."""
+    from credit.commands import IN_SPARK_ENV
+
+    with tempfile.TemporaryDirectory(prefix="credit-submit-") as work:
+        result = Path(work) / "result.txt"
+        result.touch()
+        try:
+            command = spark_submit_command(job, args, master, package_code(Path(work) / "credit_risk_code.zip"))
+        except FileNotFoundError as exc:
+            print(f"credit: {exc}", file=sys.stderr)
+            return 2
+        env = {
+            **os.environ,
+            "SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
+            "PYSPARK_PYTHON": os.environ.get("PYSPARK_PYTHON", sys.executable),
+            "PYSPARK_DRIVER_PYTHON": os.environ.get("PYSPARK_DRIVER_PYTHON", sys.executable),
+            IN_SPARK_ENV: "1",
+            RESULT_FILE_ENV: str(result),
+        }
+        process = subprocess.Popen(command, env=env, stdout=sys.stderr.fileno())
+
+        def forward(signum: int, frame: FrameType | None) -> None:
+            process.send_signal(signum)
+
+        previous = signal.signal(signal.SIGTERM, forward)
+        try:
+            code = process.wait()
+        except KeyboardInterrupt:  # Ctrl-C reached spark-submit too (same process group): wait for it
+            code = process.wait()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        sys.stdout.write(result.read_text(encoding="utf-8"))
+        sys.stdout.flush()
+        return code

@@ -73,6 +73,7 @@ redis-stop: install
 	$(CREDIT) redis stop
 
 demo: backtest materialize
+	@./spark-submit.sh verify-online --features $(OUT)/features --models $(MODELS) --sample 500
 	@echo
 	@$(CREDIT) report $(OUT)
 	@echo

@@ -35,6 +35,10 @@ Serving on http://$bind (Ctrl-C stops it). Try:
   curl http://$bind/credit_risk/client_id=$id
   curl http://$bind/v1/clients/$id/credit-risk
   curl -X POST -H 'Content-Type: application/json' -d '{"client_ids": [$id, 1]}' http://$bind/v1/credit-risk/batch
+  # a new loan application of this client today (its features as of today, scored on the request):
+  curl -X POST -H 'Content-Type: application/json' -d '{"client_id": $id}' http://$bind/v1/applications/credit-risk
+  # a first-time applicant, and an application on a given date with the request's attributes:
+  curl -X POST -H 'Content-Type: application/json' -d '{"applications": [{"client_id": 9000000001, "birthday": "1990-05-10", "job_start_date": "2018-03-01", "flag_own_car": "N"}, {"client_id": $id, "application_date": "2030-01-15", "flag_own_car": "Y"}]}' http://$bind/v1/applications/credit-risk/batch
   API description: http://$bind/docs   metrics: http://$bind/metrics
 
 EXAMPLES

@@ -98,7 +98,7 @@ def approved_models(source: Path) -> Path:
     data = load_features(source)
     sample = data.frame.sample(40_000, random_state=0).reset_index(drop=True)
     result = tr.train(load_settings().model, dataclasses.replace(data, frame=sample), leaky=False)
-    registry.approve(models, registry.save(models, result.pipeline, result.card, result.plots()))
+    registry.approve(models, registry.save(models, result.pipeline, result.card, result.files()))
     return models
 
 

@@ -1,7 +1,12 @@
 """gunicorn settings of the service: `gunicorn -c conf/gunicorn.conf.py "serving.app:create_app()"`.
 
-Environment: BIND (default 127.0.0.1:8000), WEB_WORKERS (default: the CPU count), WEB_THREADS
-(default 4; requests mostly wait on Redis), PROMETHEUS_MULTIPROC_DIR (default var/prometheus).
+Environment: BIND (default 127.0.0.1:8000), WEB_WORKERS (default: the CPU count), WEB_CONNECTIONS
+(default 1000 per worker), PROMETHEUS_MULTIPROC_DIR (default var/prometheus), ACCESS_LOG.
+
+The workers are gevent's: each connection is a cheap greenlet, so slow or idle clients (a client
+trickling its headers, an idle keep-alive) hold a greenlet, never a worker or a thread, and requests
+waiting on Redis do not queue behind each other. `worker_connections` bounds the connections per
+worker; beyond it, new ones wait in the listen backlog.
 """
 
 import os
@@ -10,14 +15,16 @@ from pathlib import Path
 
 bind = os.environ.get("BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("WEB_WORKERS", os.cpu_count() or 1))
-threads = int(os.environ.get("WEB_THREADS", "4"))
-worker_class = "gthread"
+worker_class = "gevent"
+worker_connections = int(os.environ.get("WEB_CONNECTIONS", "1000"))
 timeout = 30
 graceful_timeout = 10
 keepalive = 5
 accesslog = os.environ.get("ACCESS_LOG") or None  # "-" logs every request to stdout
 errorlog = "-"
 control_socket_disable = True  # not used; it would otherwise be created in the home folder
+# Every method reaches the app, which answers in JSON (a 405 with Allow), instead of gunicorn's HTML 400.
+permit_unconventional_http_method = True
 loglevel = "info"
 
 # Each worker keeps its metrics in this folder; /metrics adds them up (prometheus_client multiprocess mode).

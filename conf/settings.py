@@ -45,6 +45,11 @@ class FeaturesSettings:
     input: str
     output: str
     as_of: dt.date | None
+    max_record_lines: int
+    max_line_chars: int
+
+    def __post_init__(self) -> None:
+        _at_least_one("features", self, "max_record_lines", "max_line_chars")
 
     @property
     def features_dir(self) -> str:
@@ -99,11 +104,13 @@ class MonitoringSettings:
 @dataclasses.dataclass(frozen=True)
 class RedisSettings:
     url: str
+    password_file: str
     prefix: str
     connect_timeout: float
     socket_timeout: float
     version_cache_seconds: float
     grace_period_seconds: float
+    lease_seconds: float
     batch_size: int
     embedded_port: int
     embedded_dir: str
@@ -111,7 +118,7 @@ class RedisSettings:
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.prefix):
             raise SettingsError(f"[redis] prefix: expected letters, digits, '_', '.' or '-', got {self.prefix!r}")
-        for name in ("connect_timeout", "socket_timeout", "grace_period_seconds"):
+        for name in ("connect_timeout", "socket_timeout", "grace_period_seconds", "lease_seconds"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"[redis] {name}: expected more than 0, got {getattr(self, name)}")
         if not 0 <= self.version_cache_seconds < self.grace_period_seconds:
@@ -127,9 +134,14 @@ class RedisSettings:
 @dataclasses.dataclass(frozen=True)
 class ServiceSettings:
     batch_limit: int
+    breaker_retry_seconds: float
 
     def __post_init__(self) -> None:
         _at_least_one("service", self, "batch_limit")
+        if self.breaker_retry_seconds <= 0:
+            raise SettingsError(
+                f"[service] breaker_retry_seconds: expected more than 0, got {self.breaker_retry_seconds}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,8 +14,13 @@ from contract.features import (
     NULL_REASONS,
     OUTPUT_COLUMNS,
     Feature,
+    History,
     Imputation,
+    age_on,
+    car_flag,
+    features_of_a_new_loan,
     whole_years,
+    years_on_the_job_on,
 )
 from contract.raw import MAX_ID, RAW_COLUMNS, REJECT_REASONS, TRIMMED
 
@@ -31,6 +36,11 @@ __all__ = [
     "REJECT_REASONS",
     "TRIMMED",
     "Feature",
+    "History",
     "Imputation",
+    "age_on",
+    "car_flag",
+    "features_of_a_new_loan",
     "whole_years",
+    "years_on_the_job_on",
 ]

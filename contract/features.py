@@ -5,9 +5,10 @@ k-th loan is computed as of that loan's date from loans 1 .. k-1 and the client'
 Spark form of each feature is in `contract.spark`; the definitions here are what every stage derives
 its columns, types and descriptions from.
 
-Adding a feature: a `Feature` entry below (and a Python form when the service must compute it),
-and its Spark expression in `contract/spark.py`. The Parquet columns, the model's columns and
-imputation, the store's field types and the API's shapes follow from this list.
+Adding a feature: a `Feature` entry below with its Python form in `features_of_a_new_loan` (what
+the service computes for an application), and its Spark expression in `contract/spark.py`. The Parquet
+columns, the model's columns and imputation, the store's field types and the API's shapes follow from
+this list.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import calendar
 import dataclasses
 import datetime as dt
 from typing import Literal
+
+from contract.raw import parse_date
 
 MAX_AGE_YEARS = 120
 MAX_YEARS_ON_THE_JOB = 100
@@ -96,3 +99,74 @@ def whole_years(start: dt.date, end: dt.date) -> int:
     if start.month == 2 and day == 29 and not calendar.isleap(start.year + years):
         day = 28
     return years - 1 if (end.month, end.day) < (start.month, day) else years
+
+
+# ---------------------------------------------------------------- Python forms (the service's applications)
+# The same rules as `contract.spark`, on one client's values: a value and the reason it is null.
+Valued = tuple[int | None, str | None]
+
+
+def age_on(birthday: str | None, on: dt.date) -> Valued:
+    """`age` on date `on`: whole years from the birthday (`yyyy-MM-dd` text), or None and why (DESIGN §5)."""
+    born = parse_date(birthday)
+    if birthday is None:
+        return None, "birthday_missing"
+    if born is None:
+        return None, "birthday_invalid"
+    if born > on:
+        return None, "birthday_after_loan_date"
+    years = whole_years(born, on)
+    return (None, "age_over_120") if years > MAX_AGE_YEARS else (years, None)
+
+
+def years_on_the_job_on(job_start: str | None, birthday: str | None, on: dt.date) -> Valued:
+    """`years_on_the_job` on date `on` (the 3021-09-18 "not employed" code is after it), or None and why."""
+    start, born = parse_date(job_start), parse_date(birthday)
+    if job_start is None:
+        return None, "job_start_missing"
+    if start is None:
+        return None, "job_start_invalid"
+    if start > on:
+        return None, "job_start_after_loan_date"
+    if born is not None and start < born:
+        return None, "job_start_before_birthday"
+    years = whole_years(start, on)
+    return (None, "years_on_the_job_over_100") if years > MAX_YEARS_ON_THE_JOB else (years, None)
+
+
+def car_flag(flag: str | None) -> Valued:
+    """`flag_own_car`: 1 for Y, 0 for N (any case), or None and why."""
+    if flag is None:
+        return None, "flag_own_car_missing"
+    value = {"Y": 1, "N": 0}.get(flag.upper())
+    return (value, None) if value is not None else (None, "flag_own_car_invalid")
+
+
+@dataclasses.dataclass(frozen=True)
+class History:
+    """What the online store keeps of a client (DESIGN §8): enough to compute a new loan's features."""
+
+    loans: int
+    amount_sum: float
+    last_loan_date: dt.date | None
+    birthday: str | None  # yyyy-MM-dd when valid, else None
+    job_start_date: str | None
+    flag_own_car: int | None
+
+
+def features_of_a_new_loan(history: History, on: dt.date) -> dict[str, int | float | None]:
+    """The features the feature job would compute for a new loan of the client dated `on`, with a
+    `loan_id` larger than every other (DESIGN §12): every accepted loan so far is an earlier loan."""
+    features: dict[str, int | float | None] = {
+        "nb_previous_loans": history.loans,
+        # The same sum, in the same order, as the job's window: the same division, the same double.
+        "avg_amount_loans_previous": history.amount_sum / history.loans if history.loans else None,
+        "age": age_on(history.birthday, on)[0],
+        "years_on_the_job": years_on_the_job_on(history.job_start_date, history.birthday, on)[0],
+        "flag_own_car": history.flag_own_car,
+    }
+    if tuple(features) != FEATURE_NAMES:
+        raise RuntimeError(
+            f"contract/features.py computes {tuple(features)} for a new loan, the contract {FEATURE_NAMES}"
+        )
+    return features

@@ -18,9 +18,10 @@ RAW_COLUMNS: tuple[str, ...] = (
     "job_start_date", "loan_date", "loan_amount",
 )  # fmt: skip
 
-# Rejection reasons in the order they are checked: a row gets the first that applies.
+# Rejection reasons in the order they are checked: a row gets the first that applies. A malformed
+# record (more or fewer fields than its file's header) has no reliable column to check.
 REJECT_REASONS: tuple[str, ...] = (
-    "invalid_id", "invalid_loan_id", "invalid_loan_date", "invalid_loan_amount", "invalid_status",
+    "malformed_record", "invalid_id", "invalid_loan_id", "invalid_loan_date", "invalid_loan_amount", "invalid_status",
     "future_loan_date", "duplicate_loan_id",
 )  # fmt: skip
 

@@ -75,21 +75,15 @@ def car_null_reason(flag_text: Column, flag: Column) -> Column:
     return first_reason((flag_text.isNull(), "flag_own_car_missing"), (~flag.isin("Y", "N"), "flag_own_car_invalid"))
 
 
-def add_features(accepted: DataFrame, *keep: str) -> DataFrame:
-    """The features of each accepted loan as of its own date, with `_null_<feature>` reasons (DESIGN §5).
+def with_attributes(rows: DataFrame, on: Column) -> DataFrame:
+    """Add the attribute features as of date `on`, with their null reasons: `_birthday`, `_job_start` (dates),
+    `_car`, `_age_years`, `_job_years`, `_null_age`, `_null_years_on_the_job`, `_null_flag_own_car`.
 
-    `accepted` holds the raw text columns and the parsed keys (`_id`, `_loan_id`, `_loan_date`,
-    `_loan_amount`); the result has `loan_id, id, loan_date`, the features, `status`, the null
-    reasons and the `keep` columns. One window per client ordered by (loan_date, loan_id), with an
-    explicit frame of all earlier rows, so same-day loans are ordered and both window features agree.
+    `rows` holds the text columns `birthday`, `job_start_date` and `flag_own_car` (trimmed, empty as null).
     """
-    client = Window.partitionBy(CLIENT).orderBy(LOAN_DATE, LOAN_ID)
-    earlier = client.rowsBetween(Window.unboundedPreceding, -1)
-    loan_date = F.col(LOAN_DATE)
-
     # Staged selects: each parsed value is a column, computed once, not an expression repeated in
     # every condition that uses it.
-    dated = accepted.select(
+    dated = rows.select(
         "*",
         parse_date(F.col("birthday")).alias("_birthday"),
         parse_date(F.col("job_start_date")).alias("_job_start"),
@@ -97,37 +91,70 @@ def add_features(accepted: DataFrame, *keep: str) -> DataFrame:
     )
     aged = dated.select(
         "*",
-        whole_years(F.col("_birthday"), loan_date).alias("_age_years"),
-        whole_years(F.col("_job_start"), loan_date).alias("_job_years"),
+        whole_years(F.col("_birthday"), on).alias("_age_years"),
+        whole_years(F.col("_job_start"), on).alias("_job_years"),
     )
-    birthday, job_start, car = F.col("_birthday"), F.col("_job_start"), F.col("_car")
-    reasons = aged.select(
+    birthday, job_start = F.col("_birthday"), F.col("_job_start")
+    return aged.select(
         "*",
-        age_null_reason(F.col("birthday"), birthday, loan_date, F.col("_age_years")).alias("_null_age"),
-        job_null_reason(F.col("job_start_date"), job_start, birthday, loan_date, F.col("_job_years")).alias(
+        age_null_reason(F.col("birthday"), birthday, on, F.col("_age_years")).alias("_null_age"),
+        job_null_reason(F.col("job_start_date"), job_start, birthday, on, F.col("_job_years")).alias(
             "_null_years_on_the_job"
         ),
-        car_null_reason(F.col("flag_own_car"), car).alias("_null_flag_own_car"),
+        car_null_reason(F.col("flag_own_car"), F.col("_car")).alias("_null_flag_own_car"),
     )
+
+
+def attribute_values() -> dict[str, Column]:
+    """The attribute features' values from `with_attributes`' columns (null where a reason says so)."""
+    car = F.col("_car")
+    return {
+        "age": F.when(F.col("_null_age").isNull(), F.col("_age_years")).cast("int"),
+        "years_on_the_job": F.when(F.col("_null_years_on_the_job").isNull(), F.col("_job_years")).cast("int"),
+        "flag_own_car": F.when(car == "Y", 1).when(car == "N", 0).cast("int"),
+    }
+
+
+# The history state of a client (DESIGN §8), as columns of its loans' rows; kept on its last loan.
+HISTORY = ("_amount_sum", "_last", "_birthday", "_job_start")
+
+
+def add_features(accepted: DataFrame, *keep: str) -> DataFrame:
+    """The features of each accepted loan as of its own date, with `_null_<feature>` reasons (DESIGN §5).
+
+    `accepted` holds the raw text columns and the parsed keys (`_id`, `_loan_id`, `_loan_date`,
+    `_loan_amount`); the result has `loan_id, id, loan_date`, the features, `status`, the null
+    reasons, the history columns (`HISTORY`: the amounts summed up to this loan, whether it is the
+    client's last, the dates parsed) and the `keep` columns. One window per client ordered by
+    (loan_date, loan_id), with an explicit frame of all earlier rows, so same-day loans are ordered
+    and both window features agree.
+    """
+    client = Window.partitionBy(CLIENT).orderBy(LOAN_DATE, LOAN_ID)
+    earlier = client.rowsBetween(Window.unboundedPreceding, -1)
+    so_far = client.rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    reasons = with_attributes(accepted, F.col(LOAN_DATE))
     previous = F.count(F.lit(1)).over(earlier)
     features = {
         "nb_previous_loans": previous.cast("int"),
         "avg_amount_loans_previous": F.avg(LOAN_AMOUNT).over(earlier),
-        "age": F.when(F.col("_null_age").isNull(), F.col("_age_years")).cast("int"),
-        "years_on_the_job": F.when(F.col("_null_years_on_the_job").isNull(), F.col("_job_years")).cast("int"),
-        "flag_own_car": F.when(car == "Y", 1).when(car == "N", 0).cast("int"),
+        **attribute_values(),
     }
     if tuple(features) != FEATURE_NAMES:
         raise RuntimeError(f"contract/spark.py has expressions for {tuple(features)}, the contract {FEATURE_NAMES}")
     return reasons.select(
         F.col(LOAN_ID).alias("loan_id"),
         F.col(CLIENT).alias("id"),
-        loan_date.alias("loan_date"),
+        F.col(LOAN_DATE).alias("loan_date"),
         *[column.alias(name) for name, column in features.items()],
         F.col("status").try_cast("int").alias("status"),
         F.when(previous == 0, "first_loan").alias("_null_avg_amount_loans_previous"),
         "_null_age",
         "_null_years_on_the_job",
         "_null_flag_own_car",
+        # Summed in the window's order, as the next loan's average would sum them: the same double.
+        F.sum(LOAN_AMOUNT).over(so_far).alias("_amount_sum"),
+        F.lead(LOAN_ID).over(client).isNull().alias("_last"),
+        "_birthday",
+        "_job_start",
         *keep,
     )

@@ -31,20 +31,31 @@ class Command:
     target: str  # "module:function", a `main(argv) -> int`
     spark: bool  # runs under spark-submit (needs a JVM)
     help: str
+    # For a Spark job: "module:function" `check(argv) -> int`, run in plain Python before spark-submit
+    # so that bad arguments or missing inputs are refused without starting a JVM.
+    check: str | None = None
 
 
 COMMANDS: dict[str, Command] = {
     "sample": Command("datagen.generate:main", False, "generate a sample loans CSV"),
-    "features": Command("spark_jobs.features:main", True, "raw loans CSV -> features, quarantine, report"),
+    "features": Command(
+        "spark_jobs.features:main", True, "raw loans CSV -> features, quarantine, report", "spark_jobs.features:check"
+    ),
     "report": Command("spark_jobs.report:main", False, "print a feature run's outputs and report summary"),
     "train": Command("model.train:main", False, "train a candidate model and write its card; prints the version"),
     "approve": Command("model.cli:main_approve", False, "approve a model version (also the rollback)"),
     "models": Command("model.cli:main_models", False, "list the model versions and which one is approved"),
     "backtest": Command("model.backtest:main", False, "score a later window with the approved model; drift"),
-    "materialize": Command("spark_jobs.materialize:main", True, "publish every client's latest features to Redis"),
+    "materialize": Command(
+        "spark_jobs.materialize:main",
+        True,
+        "publish every client's latest features to Redis",
+        "spark_jobs.materialize:check",
+    ),
     "versions": Command("serving.cli:main_versions", False, "list the online store's versions"),
     "publish": Command("serving.cli:main_publish", False, "point readers at another complete version (rollback)"),
     "sample-id": Command("serving.cli:main_sample_id", False, "print one client id of the active version"),
+    "verify-online": Command("serving.verify:main", False, "check stored clients against the offline outputs"),
     "redis": Command("serving.embedded:main", False, "the embedded Redis: start|stop|status|url|ensure|cli"),
 }
 
@@ -55,9 +66,9 @@ def usage() -> str:
     return "usage: credit [--master URL] JOB [ARGS...]; JOB is one of:\n" + "\n".join(lines)
 
 
-def run(name: str, argv: Sequence[str]) -> int:
-    """Run command `name` in this process; a settings error is exit code 2."""
-    module, function = COMMANDS[name].target.split(":")
+def run(name: str, argv: Sequence[str], target: str | None = None) -> int:
+    """Run command `name` (or its `target` function) in this process; a settings error is exit code 2."""
+    module, function = (target or COMMANDS[name].target).split(":")
     try:
         return int(getattr(importlib.import_module(module), function)(list(argv)))
     except SettingsError as exc:
@@ -81,9 +92,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"credit: unknown command {name!r}\n{usage()}", file=sys.stderr)
         return 2
-    if COMMANDS[name].spark and not os.environ.get(IN_SPARK_ENV):
+    command = COMMANDS[name]
+    if command.spark and not os.environ.get(IN_SPARK_ENV):
         from credit import launcher
 
+        if command.check and (refused := run(name, rest, command.check)):
+            return refused
         return launcher.submit(name, rest, master)
     return run(name, rest)
 

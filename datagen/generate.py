@@ -6,8 +6,10 @@ The default is shaped like the original dataset: 36,457 clients, about 780k loan
 client dated 2019-01-01 .. 2020-12-30, right-skewed amounts of at least 100 (median about 118), about
 16% of clients "not employed" (job start 3021-09-18), same-day loans, rows not in date order, and a
 `status` about 1.5% positive that depends on the features. `--dirty` adds rows that must be rejected
-(every reason of DESIGN §4), exact duplicates, and valid but odd values (Feb 29 birthdays, `y` for
-`Y`, padded values, quoted text with commas and newlines, empty or impossible birthdays).
+(every reason of DESIGN §4, every listed bad value, two faults in one row for each pair of reasons,
+malformed records with a field too many or too few), exact duplicates, and valid but odd values (Feb 29
+birthdays, `y` for `Y`, padded values, quoted text with commas and newlines, empty or impossible
+birthdays and job starts) so that every null reason occurs.
 """
 
 from __future__ import annotations
@@ -194,19 +196,35 @@ def _oddify(rng: random.Random, client: Client, kind: int) -> Client:
         case 10:
             birthday = dt.date(2000, 2, 29)
             job_start = dt.date(2019, 2, 28)
+        case 11:
+            f["job_start_date"] = ""
+            job_start = None
+        case 12:
+            f["job_start_date"] = "2019-02-30"
+            job_start = None
     if kind in (0, 3, 4, 9, 10):
         f["birthday"] = birthday.isoformat() if birthday else f["birthday"]
         f["job_start_date"] = job_start.isoformat() if job_start else f["job_start_date"]
     return Client(client.id, f, birthday, job_start, client.owns_car)
 
 
-ODD_KINDS = 11
+ODD_KINDS = 13
+# One fault per rejection reason, as the changes that give a row that reason (malformed records and
+# conflicting loan_ids are made separately).
+FAULTS: dict[str, dict[str, str]] = {
+    "invalid_id": {"id": "12.5"},
+    "invalid_loan_id": {"loan_id": "0x1F"},
+    "invalid_loan_date": {"loan_date": "2020-06-31"},
+    "invalid_loan_amount": {"loan_amount": "1,000.50"},
+    "invalid_status": {"status": "yes"},
+    "future_loan_date": {"loan_date": FUTURE_DATES[0]},
+}
 
 
 def _dirty_rows(rng: random.Random, rows: list[dict[str, str]], first_loan_id: int,
-                per_kind: int) -> list[dict[str, str]]:  # fmt: skip
-    """Extra rows: some to reject, exact copies to drop, and valid ones written oddly."""
-    extras: list[dict[str, str]] = []
+                per_kind: int) -> list[dict[str, str] | str]:  # fmt: skip
+    """Extra rows: some to reject, exact copies to drop, valid ones written oddly, and malformed lines."""
+    extras: list[dict[str, str] | str] = []
     loan_id = first_loan_id
 
     def fresh(row: dict[str, str]) -> dict[str, str]:
@@ -214,9 +232,19 @@ def _dirty_rows(rng: random.Random, rows: list[dict[str, str]], first_loan_id: i
         loan_id += 1
         return dict(row, loan_id=str(loan_id))
 
-    for column, values in BAD_VALUES.items():
-        for i in range(per_kind * 2):
-            extras.append(dict(fresh(rng.choice(rows)), **{column: values[i % len(values)]}))
+    for column, values in BAD_VALUES.items():  # every listed bad value, once
+        extras.extend(dict(fresh(rng.choice(rows)), **{column: value}) for value in values)
+    # Two faults in one row, for every pair of reasons that can meet: the earlier reason wins.
+    reasons = list(FAULTS)
+    for i, first in enumerate(reasons):
+        for second in reasons[i + 1 :]:
+            if FAULTS[first].keys().isdisjoint(FAULTS[second]):
+                extras.append(dict(fresh(rng.choice(rows)), **FAULTS[first], **FAULTS[second]))
+        if first != "invalid_loan_id":
+            # A row rejected for an earlier reason shares its loan_id with a good row: both are counted
+            # as sharing it, so the good row is rejected as duplicate_loan_id.
+            good = fresh(rng.choice(rows))
+            extras += [good, dict(good, **FAULTS[first], loan_id=good["loan_id"])]
     for i in range(per_kind):
         extras.append(dict(fresh(rng.choice(rows)), loan_date=FUTURE_DATES[i % len(FUTURE_DATES)]))
         original = rng.choice(rows)
@@ -230,6 +258,9 @@ def _dirty_rows(rng: random.Random, rows: list[dict[str, str]], first_loan_id: i
         padded = fresh(rng.choice(rows))
         extras.append({k: f"  {v} " if k in ("id", "loan_amount", "loan_date") else v
                        for k, v in padded.items()})  # fmt: skip
+    # Malformed records: one field too many, one too few (quarantined with their text).
+    extras.append(_line(fresh(rng.choice(rows))).rstrip("\n") + ",an extra field\n")
+    extras.append(_line(fresh(rng.choice(rows))).rstrip("\n").rsplit(",", 1)[0] + "\n")
     return extras
 
 
@@ -257,10 +288,12 @@ def generate_rows(clients: int, seed: int, dirty: bool = False, per_kind: int = 
             loans = _client_loans(rng, client, next_loan_id)
             next_loan_id += len(loans)
             rows.extend(loans)
-        extras: list[dict[str, str]] = []
+        extras: list[dict[str, str] | str] = []
         if dirty and start == 0:
             extras = _dirty_rows(rng, rows, 10**12, per_kind)
-        lines = [_line(r) for r in rows] + [_line(r, quote_all=i % 4 == 0) for i, r in enumerate(extras)]
+        lines = [_line(r) for r in rows] + [
+            r if isinstance(r, str) else _line(r, quote_all=i % 4 == 0) for i, r in enumerate(extras)
+        ]
         rng.shuffle(lines)
         yield from lines
 

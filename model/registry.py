@@ -2,18 +2,26 @@
 
 Storage and approval only; the commands are in `model.cli`. Layout of MODELS:
     <version>/model.joblib      the fitted pipeline; `predict_proba` takes the card's feature columns
+    <version>/model.onnx        the same model as ONNX (imputation and classifier), for scoring on a request
     <version>/model_card.json   the model card (DESIGN §7)
     <version>/roc.png, pr.png   ROC and precision-recall curves on the held-out clients
+    <version>/split.csv         id, part: the clients used for training, validation (threshold) and test
+    <version>/held_out.csv      id, loan_date, status, score: the test clients' loans as the model scored them
     approved.json               {"version": ..., "approved_at": ..., "history": [...]}
 
 Versions are UTC timestamps (`20261127T081500Z`), so they sort by age. A version folder appears whole
 (written aside, then renamed); `approved.json` is replaced in one rename.
+
+Unpickling runs code, so a model file is never loaded on trust: the card records the SHA-256 of
+`model.joblib` when it is written, `approve` checks the file against it and records it in
+`approved.json`, and every load checks the file against both before unpickling it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import getpass
+import hashlib
 import json
 import logging
 import os
@@ -32,11 +40,14 @@ import sklearn
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.joblib"
+PORTABLE_FILE = "model.onnx"
 CARD_FILE = "model_card.json"
 APPROVED_FILE = "approved.json"
 VERSION = re.compile(r"^\d{8}T\d{6}Z(-\d+)?$")
 # The plots of a version: what they show -> file name.
 PLOTS = {"roc": "roc.png", "precision_recall": "pr.png"}
+# Its other files: which client went to which part, and the held-out clients' scores.
+FILES = {"split": "split.csv", "held_out": "held_out.csv"}
 
 
 class RegistryError(ValueError):
@@ -64,8 +75,8 @@ def _new_version(models: Path, now: dt.datetime) -> str:
     return version
 
 
-def save(models: Path, pipeline: Any, card: dict[str, Any], plots: Mapping[str, bytes]) -> str:
-    """Write a new candidate version (pipeline, card, PNG plots by file name) and return its version."""
+def save(models: Path, pipeline: Any, card: dict[str, Any], files: Mapping[str, bytes]) -> str:
+    """Write a new candidate version (pipeline, card, and its files by name) and return its version."""
     models.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
     version = _new_version(models, now)
@@ -75,14 +86,19 @@ def save(models: Path, pipeline: Any, card: dict[str, Any], plots: Mapping[str, 
         **card,
         "library_versions": _library_versions(),
         "plots": dict(PLOTS),
+        "files": dict(FILES),
     }
     staging = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=models))
     staging.chmod(0o755)  # mkdtemp makes it private; a registry folder is meant to be read by others
     try:
         joblib.dump(pipeline, staging / MODEL_FILE)
+        for name, content in files.items():
+            (staging / name).write_bytes(content)
+        full_card["artifact"] = {"file": MODEL_FILE, "sha256": sha256_of(staging / MODEL_FILE)}
+        if (staging / PORTABLE_FILE).exists():
+            portable = {"portable_file": PORTABLE_FILE, "portable_sha256": sha256_of(staging / PORTABLE_FILE)}
+            full_card["artifact"] |= portable
         (staging / CARD_FILE).write_text(json.dumps(full_card, indent=2) + "\n", encoding="utf-8")
-        for name, png in plots.items():
-            (staging / name).write_bytes(png)
         staging.rename(models / version)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -120,16 +136,50 @@ def approved(models: Path) -> dict[str, Any] | None:
         raise RegistryError(f"{path} is unreadable: {exc}") from None
 
 
-def approve(models: Path, version: str, by: str | None = None) -> dict[str, Any]:
-    """Mark `version` approved (also the way to roll back); the model must load."""
-    read_card(models, version)
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_hash(models: Path, version: str, card: dict[str, Any], *expected: str) -> Path:
+    """The path of `model.joblib` of `version`, when its SHA-256 is the card's (and each of `expected`)."""
+    path = models / version / MODEL_FILE
+    recorded = card.get("artifact", {}).get("sha256")
+    if not recorded:
+        raise RegistryError(f"model card of {version} in {models} records no SHA-256 of {MODEL_FILE}: retrain it")
     try:
-        joblib.load(models / version / MODEL_FILE)
+        actual = sha256_of(path)
+    except OSError as exc:
+        raise RegistryError(f"model of {version} in {models} is unreadable: {exc}") from None
+    for wanted, source in ((recorded, "its model card"), *((e, APPROVED_FILE) for e in expected)):
+        if actual != wanted:
+            raise RegistryError(
+                f"{path} has SHA-256 {actual}, but {source} records {wanted}: the file changed after it was "
+                "written or approved; refusing to load it"
+            )
+    return path
+
+
+def _verified_model(models: Path, version: str, card: dict[str, Any], *expected: str) -> Any:
+    """Unpickle `model.joblib` of `version` only if its SHA-256 is the card's (and each of `expected`)."""
+    path = _check_hash(models, version, card, *expected)
+    try:
+        return joblib.load(path)
     except Exception as exc:  # joblib raises many kinds on a damaged file
         raise RegistryError(f"model of {version} in {models} does not load: {exc}") from None
+
+
+def approve(models: Path, version: str, by: str | None = None) -> dict[str, Any]:
+    """Mark `version` approved (also the way to roll back); its file must match its card, and load."""
+    card = read_card(models, version)
+    _verified_model(models, version, card)
     previous = approved(models)
     entry = {
         "version": version,
+        "sha256": card["artifact"]["sha256"],
         "approved_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "approved_by": by or getpass.getuser(),
     }
@@ -141,13 +191,48 @@ def approve(models: Path, version: str, by: str | None = None) -> dict[str, Any]
     return record
 
 
-def load_approved(models: Path) -> tuple[Any, dict[str, Any]]:
-    """The approved pipeline and its card; a RegistryError when nothing is approved."""
+def _approved_record(models: Path) -> dict[str, Any]:
     record = approved(models)
     if record is None:
         raise RegistryError(f"no approved model in {models}: approve one with 'spark-submit.sh approve VERSION'")
+    if not record.get("sha256"):
+        raise RegistryError(f"{models / APPROVED_FILE} records no SHA-256 for {record['version']}: approve it again")
+    return record
+
+
+def approved_card(models: Path) -> dict[str, Any]:
+    """The approved version's card, once its model file is checked against both hashes (not unpickled)."""
+    record = _approved_record(models)
     card = read_card(models, record["version"])
-    return joblib.load(models / record["version"] / MODEL_FILE), card
+    _check_hash(models, record["version"], card, record["sha256"])
+    return card
+
+
+def load_version(models: Path, version: str) -> tuple[Any, dict[str, Any]]:
+    """A version's pipeline and card (approved or not), once its file is checked against its card's hash."""
+    card = read_card(models, version)
+    return _verified_model(models, version, card), card
+
+
+def approved_portable(models: Path) -> tuple[bytes, dict[str, Any]]:
+    """The approved version's ONNX model and its card, once the version's files are checked against the
+    hashes recorded at training and approval."""
+    card = approved_card(models)
+    recorded = card["artifact"].get("portable_sha256")
+    path = models / card["version"] / PORTABLE_FILE
+    if not recorded or not path.is_file():
+        raise RegistryError(f"model {card['version']} in {models} has no {PORTABLE_FILE}: retrain it")
+    content = path.read_bytes()
+    if hashlib.sha256(content).hexdigest() != recorded:
+        raise RegistryError(f"{path} does not have the SHA-256 its model card records: the file changed")
+    return content, card
+
+
+def load_approved(models: Path) -> tuple[Any, dict[str, Any]]:
+    """The approved pipeline and its card; a RegistryError when nothing is approved or its file changed."""
+    record = _approved_record(models)
+    card = read_card(models, record["version"])
+    return _verified_model(models, record["version"], card, record["sha256"]), card
 
 
 def table(models: Path) -> str:

@@ -28,14 +28,14 @@ from imblearn.over_sampling import SMOTE
 from imblearn.pipeline import Pipeline
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import RandomForestClassifier
-from sklearn.impute import SimpleImputer
+from sklearn.impute import MissingIndicator, SimpleImputer
 from sklearn.metrics import precision_recall_curve, roc_curve
 from sklearn.model_selection import GroupShuffleSplit, train_test_split
 
 from conf import SettingsError, command_settings, emit
 from conf.settings import ClassifierSettings, ModelSettings, parse_date
 from contract import FEATURE_NAMES, FEATURES, Feature
-from model import drift, plots, registry
+from model import drift, plots, portable, registry
 from model.data import LABEL, Dataset, FeaturesError, load_features
 from model.evaluation import choose_threshold, metrics
 
@@ -44,10 +44,16 @@ log = logging.getLogger(__name__)
 THRESHOLD_RULE = "the threshold that maximises F1 on the validation clients (ties: the lowest)"
 
 
-def imputer(feature: Feature) -> SimpleImputer:
-    """The feature's imputation rule of the contract, as a scikit-learn imputer."""
+def imputation_steps(feature: Feature) -> list[tuple[str, Any, list[str]]]:
+    """The feature's imputation rule of the contract, as ColumnTransformer steps: the imputer, then (when the
+    rule says so) a 'missing' indicator column, kept as its own step so that the model exports to ONNX."""
     rule = feature.imputation
-    return SimpleImputer(strategy=rule.strategy, fill_value=rule.fill_value, add_indicator=rule.add_indicator)
+    steps: list[tuple[str, Any, list[str]]] = [
+        (feature.name, SimpleImputer(strategy=rule.strategy, fill_value=rule.fill_value), [feature.name])
+    ]
+    if rule.add_indicator:
+        steps.append((f"{feature.name}_missing", MissingIndicator(features="all"), [feature.name]))
+    return steps
 
 
 def classifier(settings: ClassifierSettings, seed: int) -> RandomForestClassifier:
@@ -60,7 +66,8 @@ def classifier(settings: ClassifierSettings, seed: int) -> RandomForestClassifie
 
 def build_pipeline(settings: ModelSettings, features: Sequence[Feature] = FEATURES) -> Pipeline:
     """Imputation, then SMOTE, then the classifier: every step is fitted on the rows given to `fit` only."""
-    imputation = ColumnTransformer([(f.name, imputer(f), [f.name]) for f in features], verbose_feature_names_out=False)
+    steps = [step for f in features for step in imputation_steps(f)]
+    imputation = ColumnTransformer(steps, verbose_feature_names_out=False)
     smote = SMOTE(k_neighbors=settings.smote_k_neighbors, random_state=settings.seed)
     return Pipeline(
         [("impute", imputation), ("smote", smote), ("classifier", classifier(settings.classifier, settings.seed))]
@@ -100,6 +107,21 @@ class TrainResult:
     pipeline: Pipeline
     card: dict[str, Any]
     curves: dict[str, tuple[np.ndarray, np.ndarray]]  # "roc": (fpr, tpr), "pr": (recall, precision)
+    split: pd.DataFrame  # id, part (training, validation, test): which clients were used for what
+    held_out: pd.DataFrame  # id, loan_date, status, score: the test clients' loans, scored
+    portable: bytes  # the model as ONNX (see model.portable)
+
+    def files(self) -> dict[str, bytes]:
+        """The version's files beside the model and card: ONNX, plots, the split and the held-out scores."""
+        return {
+            registry.PORTABLE_FILE: self.portable,
+            **self.plots(),
+            registry.FILES["split"]: self.split.to_csv(index=False).encode(),
+            # Scores in Python's round-trip form, so the card's metrics can be recomputed exactly.
+            registry.FILES["held_out"]: self.held_out.assign(score=self.held_out["score"].map(repr))
+            .to_csv(index=False)
+            .encode(),
+        }
 
     def plots(self) -> dict[str, bytes]:
         """The version's PNG plots by file name: ROC and precision-recall on the held-out clients."""
@@ -128,7 +150,9 @@ def train(settings: ModelSettings, data: Dataset, leaky: bool = True) -> TrainRe
     # thread completion order, so scores could differ in the last bits from run to run. One thread
     # keeps the same data and seed giving the same scores, threshold and metrics.
     pipeline.named_steps["classifier"].set_params(n_jobs=1)
-    threshold = choose_threshold(validation[LABEL].to_numpy(), pipeline.predict_proba(validation[columns])[:, 1])
+    validation_scores = pipeline.predict_proba(validation[columns])[:, 1]
+    threshold = choose_threshold(validation[LABEL].to_numpy(), validation_scores)
+    onnx_model, difference = export_portable(pipeline, validation[columns], validation_scores)
     test_scores = pipeline.predict_proba(test[columns])[:, 1]
     test_labels = test[LABEL].to_numpy()
     fit_seconds = time.perf_counter() - started
@@ -157,6 +181,8 @@ def train(settings: ModelSettings, data: Dataset, leaky: bool = True) -> TrainRe
                            if isinstance(v, (int, float, str, bool, type(None)))},
         },
         "threshold": {"value": threshold, "rule": THRESHOLD_RULE},
+        "portable": {"format": "ONNX", "file": registry.PORTABLE_FILE, "max_score_difference": difference,
+                     "checked_on": "the validation clients' loans"},
         "metrics": metrics(test_labels, test_scores, threshold),
         # Bins for the backtest's drift measure, taken from the training data now.
         "drift_reference": drift.reference(data.frame, columns),
@@ -166,7 +192,29 @@ def train(settings: ModelSettings, data: Dataset, leaky: bool = True) -> TrainRe
         card["leaky_protocol"] = leaky_protocol(data.frame, settings)
     roc = roc_curve(test_labels, test_scores)
     pr = precision_recall_curve(test_labels, test_scores)
-    return TrainResult(pipeline, card, {"roc": (roc[0], roc[1]), "pr": (pr[1], pr[0])})
+    split = pd.concat(
+        [pd.DataFrame({"id": part["id"].unique(), "part": name})
+         for name, part in (("training", fit_part), ("validation", validation), ("test", test))]
+    ).sort_values("id", ignore_index=True)  # fmt: skip
+    held_out = test[["id", "loan_date", LABEL]].assign(score=test_scores).reset_index(drop=True)
+    curves = {"roc": (roc[0], roc[1]), "pr": (pr[1], pr[0])}
+    return TrainResult(pipeline, card, curves, split, held_out, onnx_model)
+
+
+# The ONNX model's scores agree with scikit-learn's to about 1e-7; more means the export went wrong.
+PORTABLE_TOLERANCE = 1e-5
+
+
+def export_portable(pipeline: Pipeline, rows: pd.DataFrame, expected: np.ndarray) -> tuple[bytes, float]:
+    """The model as ONNX, and the largest difference of its scores from `expected` on `rows`."""
+    exported = portable.export(pipeline, list(rows.columns))
+    scores = portable.PortableModel(exported, list(rows.columns)).scores(
+        [{str(k): None if v != v else v for k, v in row.items()} for row in rows.to_dict("records")]
+    )
+    difference = float(np.max(np.abs(np.asarray(scores) - expected))) if len(scores) else 0.0
+    if difference > PORTABLE_TOLERANCE:
+        raise RuntimeError(f"the ONNX export scores {difference:g} away from scikit-learn: not exported")
+    return exported, difference
 
 
 def parse_args(argv: Sequence[str] | None, features: str, models_dir: str) -> argparse.Namespace:
@@ -194,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("training on %d labelled loans of %d clients from %s", len(data.frame),
                  data.frame["id"].nunique(), data.location)  # fmt: skip
         result = train(settings, data, leaky=not args.no_leaky)
-        version = registry.save(Path(args.models), result.pipeline, result.card, result.plots())
+        version = registry.save(Path(args.models), result.pipeline, result.card, result.files())
     except (FeaturesError, registry.RegistryError) as exc:
         log.error("%s", exc)
         return 2

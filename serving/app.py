@@ -2,25 +2,30 @@
 
     gunicorn -c conf/gunicorn.conf.py "serving.app:create_app()"
 
-Every answer is JSON. A request costs one Redis round trip (a batch: one pipelined round trip);
-the scores were computed by the batch load with the approved model. Redis unreachable or hung
-gives a 503 within the configured timeouts, and the next request after Redis is back succeeds.
+Every answer the app gives is JSON. A request costs one Redis round trip (a batch: one pipelined
+round trip); the scores were computed by the batch load with the approved model. Redis unreachable
+or hung gives a 503 within the configured timeouts; after that, a circuit breaker answers 503 at once
+and tries Redis again every `BREAKER_RETRY_SECONDS`, so the service recovers by itself (see
+`serving.breaker`). `/health` never touches Redis.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import threading
 import time
-from collections.abc import Mapping
+import weakref
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import flask_swagger_ui
 import redis
-import swagger_ui_bundle
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, send_from_directory
 from flask.json.provider import DefaultJSONProvider
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
 from conf import load_settings
@@ -28,11 +33,16 @@ from conf.command import configure_logging
 from contract import FEATURES
 from contract.raw import parse_whole_number
 from serving import embedded, metrics, schemas
+from serving.breaker import UNREACHABLE, CircuitBreaker, RateLimitedLog
+from serving.scoring import Application, ApplicationRefused, ModelCache, answers, prepare, utc_today
 from serving.store import Codec, NotPublished, OnlineStore, check_url, redacted
 
 log = logging.getLogger(__name__)
+refusals = RateLimitedLog(log)
 
 STORE = "credit_store"
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 
 class AnswerJSON(DefaultJSONProvider):
@@ -44,6 +54,13 @@ class AnswerJSON(DefaultJSONProvider):
 class ServiceApp(Flask):
     json_provider_class = AnswerJSON
 
+    def make_default_options_response(self) -> Response:
+        """OPTIONS answers in JSON too, with the path's methods in `Allow`."""
+        allow = super().make_default_options_response().allow
+        response = jsonify({"allow": sorted(allow)})
+        response.allow.update(allow)
+        return response
+
 
 class ApiError(Exception):
     """An error answer: HTTP status, stable code, message."""
@@ -54,12 +71,42 @@ class ApiError(Exception):
 
 
 class StoreHolder:
-    """The app's one store, connected on first use so the app starts (and answers 503) while Redis is down."""
+    """The app's one store, connected on first use so the app starts (and answers 503) while Redis is down.
+
+    Every use goes through the circuit breaker (`run`).
+    """
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         self._config = config
         self._store: OnlineStore | None = None
         self._lock = threading.Lock()
+        self.breaker = CircuitBreaker(config["BREAKER_RETRY_SECONDS"])
+        self.models = ModelCache()
+
+    def run(self, action: Callable[[OnlineStore], T]) -> T:
+        """`action(store)`, or RedisUnavailable at once while the breaker is open."""
+        return self.breaker.call(lambda: action(self.get()))
+
+    def preload(self, every: float) -> None:
+        """Load the active version's model as soon as it is published, off the request path (a thread that
+        ends with the app)."""
+        holder = weakref.ref(self)
+
+        def loop() -> None:
+            while True:
+                time.sleep(every)
+                self = holder()
+                if self is None:
+                    return
+                try:
+                    active = self.run(lambda s: s.active_version(fresh=True))
+                    if active is not None and active not in self.models:
+                        self.run(functools.partial(self.models.get, version=active))
+                except Exception as exc:  # Redis down, a version without a model: requests will say so
+                    refusals.warning(f"preload:{type(exc).__name__}", f"could not preload the model: {exc}")
+                del self
+
+        threading.Thread(target=loop, name="model-preloader", daemon=True).start()
 
     def get(self) -> OnlineStore:
         if self._store is None:
@@ -67,11 +114,18 @@ class StoreHolder:
                 if self._store is None:
                     c = self._config
                     self._store = OnlineStore.from_url(
-                        c["REDIS_URL"], c["REDIS_CONNECT_TIMEOUT"], c["REDIS_SOCKET_TIMEOUT"],
+                        redis_url(c), c["REDIS_CONNECT_TIMEOUT"], c["REDIS_SOCKET_TIMEOUT"],
                         prefix=c["REDIS_PREFIX"], version_cache_seconds=c["VERSION_CACHE_SECONDS"],
                         codec=Codec.for_features(c["FEATURES"]),
                     )  # fmt: skip
         return self._store
+
+
+def redis_url(config: Mapping[str, Any]) -> str:
+    """The configured URL, or the embedded Redis's for the read-only `service` user (its secret read now)."""
+    if config["REDIS_URL"]:
+        return str(config["REDIS_URL"])
+    return embedded.user_url(config["REDIS_SETTINGS"], "service")
 
 
 def parse_client_id(text: str) -> int:
@@ -94,9 +148,14 @@ def risk_answer(client_id: int, version: str, record: dict[str, Any]) -> dict[st
             "model_version": record["model_version"]}  # fmt: skip
 
 
+def store() -> StoreHolder:
+    holder: StoreHolder = current_app.extensions[STORE]
+    return holder
+
+
 def read_client(raw_id: str) -> tuple[int, str, dict[str, Any]]:
     client_id = parse_client_id(raw_id)
-    version, record = current_app.extensions[STORE].get().read(client_id)
+    version, record = store().run(lambda s: s.read(client_id))
     if record is None:
         raise ApiError(404, "unknown_client", f"client {client_id} is not in the published version {version}")
     return client_id, version, record
@@ -117,25 +176,74 @@ def credit_risk(raw_id: str) -> Response:
     return jsonify(risk_answer(*read_client(raw_id)))
 
 
-@api.post("/v1/credit-risk/batch")
-def credit_risk_batch() -> Response:
-    body = request.get_json(silent=True)
-    if body is None:
-        raise ApiError(400, "invalid_body", 'the body must be JSON: {"client_ids": [1, 2, ...]}')
-    limit = current_app.config["BATCH_LIMIT"]
-    if isinstance(body, dict) and isinstance(body.get("client_ids"), list) and len(body["client_ids"]) > limit:
-        raise ApiError(400, "batch_too_large", f"{len(body['client_ids'])} client ids; at most {limit} per request")
+def json_body(expected: str) -> Any:
+    """The request's JSON body, else a 400 `invalid_body` saying what was expected."""
+    if not request.is_json:
+        raise ApiError(400, "invalid_body", f"the body must be JSON (Content-Type: application/json): {expected}")
     try:
-        ids = schemas.BatchRequest.model_validate(body).client_ids
+        return json.loads(request.get_data())
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
+        raise ApiError(400, "invalid_body", f"the body is not valid JSON: {expected}") from None
+
+
+def validated(model: type[M], body: Any, expected: str, batch: str | None = None) -> M:
+    """The body as `model`, else a 400 naming the field (`batch_too_large` past the batch limit)."""
+    limit = current_app.config["BATCH_LIMIT"]
+    if batch and isinstance(body, dict) and isinstance(body.get(batch), list) and len(body[batch]) > limit:
+        raise ApiError(
+            400, "batch_too_large", f"{len(body[batch])} {batch.replace('_', ' ')}; at most {limit} per request"
+        )
+    try:
+        return model.model_validate(body)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "body"
-        raise ApiError(
-            400, "invalid_body", f'{where}: {first["msg"]} (expected {{"client_ids": [1, 2, ...]}})'
-        ) from None
-    version, records = current_app.extensions[STORE].get().read_many(ids)
+        raise ApiError(400, "invalid_body", f"{where}: {first['msg']} (expected {expected})") from None
+
+
+@api.post("/v1/credit-risk/batch")
+def credit_risk_batch() -> Response:
+    body = json_body('{"client_ids": [1, 2, ...]}')
+    ids = validated(schemas.BatchRequest, body, '{"client_ids": [1, 2, ...]}', batch="client_ids").client_ids
+    version, records = store().run(lambda s: s.read_many(ids))
     results = [risk_answer(i, version, r) if r else {"client_id": i, "error": "not_found"}
                for i, r in zip(ids, records, strict=True)]  # fmt: skip
+    return jsonify({"version": version, "results": results})
+
+
+APPLICATION = '{"client_id": 1, "application_date": "2021-01-15"} (and birthday, job_start_date, flag_own_car)'
+
+
+@api.post("/v1/applications/credit-risk")
+def application_credit_risk() -> Response:
+    application = validated(schemas.ApplicationRequest, json_body(APPLICATION), APPLICATION)
+    holder = store()
+    version, record = holder.run(lambda s: s.read(application.client_id))
+    prepared = prepare(version, application.client_id, record, application, utc_today)
+    model = holder.run(lambda s: holder.models.get(s, version))
+    return jsonify(answers(model, [prepared])[0])
+
+
+@api.post("/v1/applications/credit-risk/batch")
+def application_credit_risk_batch() -> Response:
+    expected = '{"applications": [' + APPLICATION + ", ...]}"
+    batch = validated(schemas.ApplicationBatchRequest, json_body(expected), expected, batch="applications")
+    holder = store()
+    ids = [a.client_id for a in batch.applications]
+    version, records = holder.run(lambda s: s.read_many(ids))  # one pipelined round trip
+    model = holder.run(lambda s: holder.models.get(s, version))
+    prepared: list[Application | ApplicationRefused] = []
+    for application, record in zip(batch.applications, records, strict=True):
+        try:
+            prepared.append(prepare(version, application.client_id, record, application, utc_today))
+        except ApplicationRefused as refused:
+            if refused.status >= 500:  # the version, not the application: the whole batch
+                raise
+            prepared.append(refused)
+    scored = iter(answers(model, [p for p in prepared if isinstance(p, Application)]))
+    results = [next(scored) if isinstance(p, Application) else
+               {"client_id": a.client_id, "error": {"code": p.code, "message": p.message}}
+               for a, p in zip(batch.applications, prepared, strict=True)]  # fmt: skip
     return jsonify({"version": version, "results": results})
 
 
@@ -150,7 +258,7 @@ def health() -> Response:
 @ops.get("/ready")
 def ready() -> tuple[Response, int]:
     try:
-        version = current_app.extensions[STORE].get().active_version(fresh=True)
+        version = store().run(lambda s: s.active_version(fresh=True))
     except redis.RedisError as exc:
         return jsonify({"status": "not_ready", "reason": f"Redis unreachable: {type(exc).__name__}"}), 503
     if version is None:
@@ -180,10 +288,14 @@ def docs() -> Response:
     return Response(DOCS_PAGE, mimetype="text/html")
 
 
+# Swagger UI 5 (it reads OpenAPI 3.1), shipped inside the flask-swagger-ui package: no internet needed.
+SWAGGER_UI = Path(flask_swagger_ui.__file__).parent / "dist"
+
+
 @ops.get("/docs/<path:asset>")
 def docs_asset(asset: str) -> Response:
     """Swagger UI's files, served from the installed package so the page works with no internet."""
-    return send_from_directory(Path(swagger_ui_bundle.swagger_ui_path), asset, max_age=3600)
+    return send_from_directory(SWAGGER_UI, asset, max_age=3600)
 
 
 @ops.get("/metrics")
@@ -201,13 +313,18 @@ def register_errors(app: Flask) -> None:
     def api_error(exc: ApiError) -> tuple[Response, int]:
         return _error(exc.status, exc.code, exc.message)
 
+    @app.errorhandler(ApplicationRefused)
+    def application_refused(exc: ApplicationRefused) -> tuple[Response, int]:
+        return _error(exc.status, exc.code, exc.message)
+
     @app.errorhandler(NotPublished)
     def not_published(exc: NotPublished) -> tuple[Response, int]:
         return _error(503, "not_published", "no version of the online store is published yet")
 
     @app.errorhandler(redis.RedisError)
     def redis_down(exc: redis.RedisError) -> tuple[Response, int]:
-        log.warning("Redis error on %s %s: %s: %s", request.method, request.path, type(exc).__name__, exc)
+        if not isinstance(exc, UNREACHABLE):  # the breaker logs unreachability; a refused command is logged here
+            refusals.warning(type(exc).__name__, f"Redis refused a command ({type(exc).__name__}: {exc})")
         response, status = _error(503, "redis_unavailable", "the online store is unreachable; retry shortly")
         response.headers["Retry-After"] = "1"
         return response, status
@@ -233,7 +350,7 @@ def register_metrics(app: Flask) -> None:
 
     @app.after_request
     def record(response: Response) -> Response:
-        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+        endpoint = request.url_rule.rule if request.url_rule else "unmatched"  # a route template, never a raw path
         metrics.observe(request.method, endpoint, response.status_code, time.perf_counter() - g.get("started", 0))
         return response
 
@@ -243,10 +360,14 @@ def default_config() -> dict[str, Any]:
     settings = load_settings()
     r = settings.redis
     return {
-        "REDIS_URL": r.url or embedded.url_for(r.embedded_port), "REDIS_PREFIX": r.prefix,
+        # Empty: the embedded Redis, whose secret is read when the app connects (it may start after the app).
+        "REDIS_URL": embedded.configured_url(r) if r.url else "", "REDIS_SETTINGS": r, "REDIS_PREFIX": r.prefix,
         "REDIS_CONNECT_TIMEOUT": r.connect_timeout, "REDIS_SOCKET_TIMEOUT": r.socket_timeout,
         "VERSION_CACHE_SECONDS": r.version_cache_seconds, "BATCH_LIMIT": settings.service.batch_limit,
         "MAX_CONTENT_LENGTH": 1024 * 1024, "FEATURES": FEATURES,
+        "BREAKER_RETRY_SECONDS": settings.service.breaker_retry_seconds,
+        # How often each worker checks for a newly published version to load its model (0: never).
+        "MODEL_PRELOAD_SECONDS": max(r.version_cache_seconds, 0.5),
     }  # fmt: skip
 
 
@@ -257,15 +378,17 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config.from_mapping(default_config())
     if test_config:
         app.config.from_mapping(test_config)
-    check_url(app.config["REDIS_URL"])  # a malformed URL stops the start-up; an unreachable Redis gives 503s
+    if app.config["REDIS_URL"]:  # a malformed URL stops the start-up; an unreachable Redis gives 503s
+        check_url(app.config["REDIS_URL"])
     app.config["FEATURE_NAMES"] = tuple(f.name for f in app.config["FEATURES"])
     app.config["OPENAPI"] = schemas.openapi(app.config["BATCH_LIMIT"], app.config["FEATURES"])
-    app.extensions[STORE] = StoreHolder(app.config)
+    app.extensions[STORE] = holder = StoreHolder(app.config)
+    if app.config["MODEL_PRELOAD_SECONDS"] > 0:
+        holder.preload(app.config["MODEL_PRELOAD_SECONDS"])
     register_errors(app)
     register_metrics(app)
     app.register_blueprint(api)
     app.register_blueprint(ops)
-    log.info(
-        "serving the online store at %s (prefix %s)", redacted(app.config["REDIS_URL"]), app.config["REDIS_PREFIX"]
-    )
+    where = redacted(app.config["REDIS_URL"]) if app.config["REDIS_URL"] else "the embedded Redis (user service)"
+    log.info("serving the online store at %s (prefix %s)", where, app.config["REDIS_PREFIX"])
     return app

@@ -10,6 +10,7 @@ With no Redis URL configured, they use the embedded Redis (started when needed).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -18,7 +19,7 @@ import redis
 
 from conf import Settings, command_settings, emit
 from serving import embedded
-from serving.store import OnlineStore, StoreError
+from serving.store import OnlineStore, StoreError, command_line_url
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +28,13 @@ def _store(settings: Settings, argv: Sequence[str] | None, name: str, version: b
     parser = argparse.ArgumentParser(prog=f"spark-submit.sh {name}")
     if version:
         parser.add_argument("version", help="a version listed by 'spark-submit.sh versions'")
-    parser.add_argument("--redis-url", default=settings.redis.url, help="redis:// or rediss:// URL")
+    parser.add_argument("--redis-url", type=command_line_url, default="",
+                        help="redis:// or rediss:// URL without a password (default: [redis] url)")  # fmt: skip
     parser.add_argument("--prefix", default=settings.redis.prefix)
     args = parser.parse_args(argv)
-    url = args.redis_url or embedded.resolve_url(settings.redis)
+    redis_settings = dataclasses.replace(settings.redis, url=args.redis_url or settings.redis.url)
+    # Publishing moves the pointer: the writer; listing and sampling only read.
+    url = embedded.resolve_url(redis_settings, "writer" if version else "service")
     store = OnlineStore.from_settings(settings.redis, url, prefix=args.prefix, version_cache_seconds=0)
     return store, getattr(args, "version", "")
 

@@ -26,8 +26,13 @@ LATENCY = Histogram(
 )  # fmt: skip
 
 
+# Label values are bounded: a made-up HTTP method is counted as "other", never as a new series.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 def observe(method: str, endpoint: str, status: int, seconds: float) -> None:
-    REQUESTS.labels(method, endpoint, str(status)).inc()
+    """Count one answer; `endpoint` is a route template (or "unmatched"), never a raw path."""
+    REQUESTS.labels(method if method in METHODS else "other", endpoint, str(status)).inc()
     LATENCY.labels(endpoint).observe(seconds)
     if status >= 400:
         ERRORS.labels(str(status)).inc()

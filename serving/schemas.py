@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, create_model
 from pydantic.json_schema import models_json_schema
 
 from contract import FEATURES, MAX_ID, Feature
+from contract.raw import parse_date
 
 
 def _whole_number(value: Any) -> Any:
@@ -78,6 +79,55 @@ class BatchAnswer(BaseModel):
     results: list[CreditRiskAnswer | BatchMiss] = Field(description="one result per requested id, in request order")
 
 
+def _real_date(text: str) -> str:
+    if parse_date(text) is None:
+        raise ValueError("expected a real calendar date written yyyy-MM-dd")
+    return text
+
+
+# A date as the contract reads one: yyyy-MM-dd, and a real calendar day.
+DateText = Annotated[str, Field(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$", json_schema_extra={"format": "date"}),
+                     AfterValidator(_real_date)]  # fmt: skip
+CarFlag = Annotated[str, Field(pattern="^[YyNn]$", description="Y owns a car, N does not (any case)")]
+
+
+class ApplicationRequest(BaseModel):
+    """A loan application: scored with the features the client would have for a new loan on its date."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
+        {"client_id": 5008804, "application_date": "2021-01-15"},
+        {"client_id": 9000001, "birthday": "1990-05-10", "job_start_date": "2018-03-01", "flag_own_car": "N"},
+    ]})  # fmt: skip
+
+    client_id: ClientId
+    application_date: DateText | None = Field(None, description="the application's date; default: today (UTC)")
+    birthday: DateText | None = Field(None, description="wins over the stored birthday")
+    job_start_date: DateText | None = Field(None, description="wins over the stored one; 3021-09-18: not employed")
+    flag_own_car: CarFlag | None = Field(None, description="wins over the client's latest loan's car flag")
+
+
+class ApplicationBatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    applications: list[ApplicationRequest] = Field(min_length=1, description="at most the batch limit")
+
+
+class ApplicationHistory(BaseModel):
+    loans: int = Field(description="the client's accepted loans before the application (0: a first-time applicant)")
+    last_loan_date: str | None = Field(description="the date of its latest loan (null: a first-time applicant)")
+
+
+class ApplicationAnswer(BaseModel):
+    client_id: int
+    application_date: str = Field(description="the date the features are as of (yyyy-MM-dd)")
+    version: str = Field(description="the online-store version the history and the model were read from")
+    features: Features
+    score: float = Field(ge=0, le=1, description="probability of late payment, computed on the request")
+    label: int = Field(ge=0, le=1, description="1 when score >= the version's model's decision threshold")
+    model_version: str = Field(description="the model (of the same version) that computed the score")
+    history: ApplicationHistory
+
+
 class ErrorBody(BaseModel):
     code: str = Field(description="a stable, machine-readable error code")
     message: str
@@ -85,6 +135,16 @@ class ErrorBody(BaseModel):
 
 class ErrorAnswer(BaseModel):
     error: ErrorBody
+
+
+class ApplicationFailure(BaseModel):
+    client_id: int
+    error: ErrorBody = Field(description="unknown_client or application_before_last_loan")
+
+
+class ApplicationBatchAnswer(BaseModel):
+    version: str
+    results: list[ApplicationAnswer | ApplicationFailure] = Field(description="one per application, in order")
 
 
 class Health(BaseModel):
@@ -98,6 +158,12 @@ class Ready(BaseModel):
 
 
 MODELS = (
+    ApplicationRequest,
+    ApplicationBatchRequest,
+    ApplicationHistory,
+    ApplicationAnswer,
+    ApplicationFailure,
+    ApplicationBatchAnswer,
     Features,
     FeaturesAnswer,
     CreditRiskAnswer,
@@ -123,8 +189,14 @@ def _json(model: type[BaseModel], description: str) -> dict[str, Any]:
 
 
 def _errors(*statuses: int) -> dict[str, Any]:
-    text = {400: "the id or body is not valid", 404: "unknown client", 503: "Redis unreachable or nothing published"}
+    text = {400: "the id or body is not valid", 404: "unknown client",
+            422: "application_before_last_loan: the application is dated before the client's latest loan",
+            503: "Redis unreachable, nothing published, or the version holds no model"}  # fmt: skip
     return {str(status): _json(ErrorAnswer, text[status]) for status in statuses}
+
+
+def _body(model: type[BaseModel]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": _ref(model)}}}
 
 
 def openapi(batch_limit: int, features: Sequence[Feature] = FEATURES) -> dict[str, Any]:
@@ -133,6 +205,7 @@ def openapi(batch_limit: int, features: Sequence[Feature] = FEATURES) -> dict[st
     schemas = definitions["$defs"]
     schemas["Features"] = features_model(features).model_json_schema(ref_template=REF_TEMPLATE)
     schemas["BatchRequest"]["properties"]["client_ids"]["maxItems"] = batch_limit
+    schemas["ApplicationBatchRequest"]["properties"]["applications"]["maxItems"] = batch_limit
     client_id = {
         "name": "client_id",
         "in": "path",
@@ -168,8 +241,30 @@ def openapi(batch_limit: int, features: Sequence[Feature] = FEATURES) -> dict[st
                 "post": {
                     "summary": f"credit risk of up to {batch_limit} clients in one request",
                     "operationId": "batchCreditRisk",
-                    "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(BatchRequest)}}},
+                    "requestBody": _body(BatchRequest),
                     "responses": {"200": _json(BatchAnswer, "one result per id"), **_errors(400, 503)},
+                }
+            },
+            "/v1/applications/credit-risk": {
+                "post": {
+                    "summary": "credit risk of a new loan application, as of its date, scored on the request",
+                    "operationId": "applicationCreditRisk",
+                    "requestBody": _body(ApplicationRequest),
+                    "responses": {
+                        "200": _json(ApplicationAnswer, "the application's features and score"),
+                        **_errors(400, 404, 422, 503),
+                    },
+                }
+            },
+            "/v1/applications/credit-risk/batch": {
+                "post": {
+                    "summary": f"credit risk of up to {batch_limit} applications, one result or error each, in order",
+                    "operationId": "batchApplicationCreditRisk",
+                    "requestBody": _body(ApplicationBatchRequest),
+                    "responses": {
+                        "200": _json(ApplicationBatchAnswer, "one result per application"),
+                        **_errors(400, 503),
+                    },
                 }
             },
             "/health": {

@@ -4,11 +4,14 @@ Keys, with the prefix P (default `credit`):
 
     P:active                    string   the published version, e.g. 20261127T061500Z
     P:<version>:client:<id>     hash     the client's latest features (a null feature is an absent field),
-                                         loan_date (yyyy-MM-dd), score, label, model_version
+                                         loan_date (yyyy-MM-dd), score, label, model_version, and its
+                                         history: loans, amount_sum, last_loan_id, birthday, job_start_date
     P:<version>:meta            hash     source, as_of, rows, clients, model_version, feature_names,
                                          status (loading, complete), created_at, published_at,
                                          superseded_at
     P:versions                  zset     every version a load started, scored by its start time
+    P:<version>:model           string   the model that scored the version, ONNX as base64 (threshold in meta)
+    P:<version>:lease           string   present (with a TTL) while the load writing the version runs
 
 A load writes a new namespace, is counted, then `SET P:active <version>` publishes it in one command.
 Every command touches one key (no MULTI, no script, no multi-key DEL), so the same code runs against
@@ -18,13 +21,18 @@ Python's shortest round-trip form.
 
 from __future__ import annotations
 
+import argparse
+import base64
+import contextlib
 import datetime as dt
 import itertools
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -39,8 +47,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# The fields a client hash holds beside its features, and their types.
-RECORD_FIELDS: dict[str, type] = {"loan_date": str, "score": float, "label": int, "model_version": str}
+# The fields a client hash holds beside its features, and their types: the latest loan's date and score,
+# and the history state an application is scored from (DESIGN §8).
+RECORD_FIELDS: dict[str, type] = {
+    "loan_date": str, "score": float, "label": int, "model_version": str,
+    "loans": int, "amount_sum": float, "last_loan_id": int, "birthday": str, "job_start_date": str,
+}  # fmt: skip
 LOADING, COMPLETE = "loading", "complete"
 SCAN_COUNT = 5000
 
@@ -215,6 +227,12 @@ class OnlineStore:
     def meta_key(self, version: str) -> str:
         return f"{self.prefix}:{version}:meta"
 
+    def model_key(self, version: str) -> str:
+        return f"{self.prefix}:{version}:model"
+
+    def lease_key(self, version: str) -> str:
+        return f"{self.prefix}:{version}:lease"
+
     def namespace(self, version: str) -> str:
         """The start of every key of a version (`P:<version>:`); `namespace(v) + "*"` matches them all."""
         return f"{self.prefix}:{version}:"
@@ -264,6 +282,11 @@ class OnlineStore:
         """Client hashes in a version's namespace, counted by SCAN over every node."""
         return sum(1 for _ in self._keys(version, "client:*"))
 
+    def model(self, version: str) -> bytes | None:
+        """The version's model (ONNX), or None when the version has none."""
+        text = cast(str | None, self._client.get(self.model_key(version)))
+        return base64.b64decode(text) if text else None
+
     def sample_client_id(self, version: str) -> int | None:
         """One client id of the version (for examples), or None when it holds none."""
         for key in self._keys(version, "client:*"):
@@ -281,12 +304,47 @@ class OnlineStore:
             version = f"{base}-{n}"
         return version
 
-    def begin(self, version: str, meta: Mapping[str, Any], now: float | None = None) -> None:
-        """Register a new version as loading; refuses a version that already exists."""
+    def begin(
+        self, version: str, meta: Mapping[str, Any], now: float | None = None, lease_seconds: float = 30.0
+    ) -> None:
+        """Register a new version as loading, with a lease; refuses a version that already exists."""
         if self._client.exists(self.meta_key(version)):
             raise StoreError(f"version {version} already exists in {self.prefix}")
+        self.renew_lease(version, lease_seconds)
         self._client.zadd(self.versions_key, {version: time.time() if now is None else now})
         self.set_meta(version, {**meta, "status": LOADING, "created_at": _utc_now()})
+
+    def renew_lease(self, version: str, lease_seconds: float) -> None:
+        """Say the load of `version` is alive for `lease_seconds` more (see `hold_lease`)."""
+        self._client.set(self.lease_key(version), str(os.getpid()), px=max(1, int(lease_seconds * 1000)))
+
+    @contextlib.contextmanager
+    def hold_lease(self, version: str, lease_seconds: float) -> Iterator[None]:
+        """Renew the load's lease every third of `lease_seconds` while the block runs.
+
+        A load killed mid-way stops renewing; once its lease expires, `cleanup` removes its namespace
+        at once instead of after the grace period.
+        """
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(lease_seconds / 3):
+                try:
+                    self.renew_lease(version, lease_seconds)
+                except redis.RedisError as exc:  # the load itself will fail on Redis too, and say so
+                    log.warning("could not renew the lease of version %s: %s", version, exc)
+
+        thread = threading.Thread(target=renew, name=f"lease-{version}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
+
+    def set_model(self, version: str, model: bytes) -> None:
+        """Store the version's model (ONNX bytes, as base64 text: readable by any client)."""
+        self._client.set(self.model_key(version), base64.b64encode(model).decode("ascii"))
 
     def set_meta(self, version: str, fields: Mapping[str, Any]) -> None:
         """Record facts about a version in its meta hash (text values, see `Codec.encode`)."""
@@ -309,19 +367,20 @@ class OnlineStore:
             # HSET key f1 v1 f2 v2 ... directly: hset(mapping=...) costs ~10% more per client in bulk.
             pipe.execute_command("HSET", self.client_key(version, client_id), *fields)
             if len(pipe) >= batch_size:
-                written += len(pipe.execute())
+                written += len(_execute(pipe))
         if len(pipe):
-            written += len(pipe.execute())
+            written += len(_execute(pipe))
         return written
 
     def complete(self, version: str, expected_clients: int) -> int:
-        """Count the version's clients and mark it complete; a StoreError if none or not as expected."""
+        """Count the version's clients and mark it complete (its lease ends); a StoreError if not as expected."""
         counted = self.count_clients(version)
         if expected_clients == 0 or counted != expected_clients:
             raise StoreError(
                 f"version {version} holds {counted} clients, expected {expected_clients} (and more than 0)"
             )
         self.set_meta(version, {"status": COMPLETE, "clients": counted})
+        self._client.delete(self.lease_key(version))
         return counted
 
     def publish(self, version: str) -> str | None:
@@ -355,8 +414,9 @@ class OnlineStore:
     def cleanup(self, grace_seconds: float, now: float | None = None) -> list[str]:
         """Remove versions neither active nor the previous published one, once the grace has passed.
 
-        A replaced version goes `grace_seconds` after it was replaced; a load that never completed goes
-        `grace_seconds` after it started (a load still running is younger than that).
+        A replaced version goes `grace_seconds` after it was replaced, a complete load never published
+        `grace_seconds` after it started. A load still marked loading goes at once when its lease has
+        expired (the load died), and never while the lease is held (the load runs).
         """
         now = time.time() if now is None else now
         active = self._client.get(self.active_key)
@@ -367,6 +427,13 @@ class OnlineStore:
         removed = []
         for version, start in sorted(started.items()):
             if version in keep:
+                continue
+            if metas[version].get("status", LOADING) == LOADING:
+                if self._client.exists(self.lease_key(version)):
+                    continue  # a load still running
+                log.info("version %s was left loading by a load that died (no lease)", version)
+                log.info("removing version %s (%d keys)", version, self.remove(version))
+                removed.append(version)
                 continue
             superseded = metas[version].get("superseded_at")
             since = _parse_utc(superseded) if superseded else start
@@ -380,6 +447,24 @@ class OnlineStore:
         yield from cast(Iterator[str], keys)
 
 
+def _execute(pipe: Any) -> list[Any]:
+    """Run a pipeline; an error names the command's kind, never echoes the values it carried.
+
+    redis-py prefixes a pipeline error with the failing command and its arguments (a client's
+    features, for a write): that text must not reach a log.
+    """
+    try:
+        return list(pipe.execute())
+    except redis.RedisError as exc:
+        message = str(exc.args[0]) if exc.args else ""
+        cause = message.split(" of pipeline caused error: ", 1)[-1]
+        try:
+            clean: Exception = type(exc)(f"a pipelined command failed: {cause}")
+        except Exception:  # an error class with another constructor
+            clean = StoreError(f"a pipelined command failed: {type(exc).__name__}: {cause}")
+        raise clean from None
+
+
 def _utc_now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -388,10 +473,45 @@ def _parse_utc(text: str) -> float:
     return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
 
 
+def _secret_parameter(name: str) -> bool:
+    return "password" in name.lower() or "secret" in name.lower()
+
+
 def redacted(url: str) -> str:
-    """The URL without its password, for logs and messages."""
+    """The URL without any password (`:secret@` or `?password=secret`), for logs and messages."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        pairs = [(k, "***" if _secret_parameter(k) else v) for k, v in parse_qsl(parts.query, True)]
+        query = urlencode(pairs, safe="*/:,")
+        return urlunsplit(parts._replace(netloc=netloc, query=query))
+    except ValueError:  # not a URL at all: show nothing of it that could be a secret
+        return "<unparsable URL>"
+
+
+def has_password(url: str) -> bool:
+    """Whether the URL carries a password, in its user part or its query."""
     parts = urlsplit(url)
-    if parts.password is None:
+    return parts.password is not None or any(_secret_parameter(k) for k, _ in parse_qsl(parts.query, True))
+
+
+def with_password(url: str, password: str) -> str:
+    """The URL with `password` in its user part (kept as it is when it holds one already)."""
+    if has_password(url):
         return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    parts = urlsplit(url)
+    user = quote(parts.username or "", safe="")
+    netloc = f"{user}:{quote(password, safe='')}@{parts.netloc.rsplit('@', 1)[-1]}"
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def command_line_url(url: str) -> str:
+    """An argparse type for `--redis-url`: a password on a command line is visible to anyone in `ps`."""
+    if has_password(url):
+        raise argparse.ArgumentTypeError(
+            "the URL holds a password, which anyone can read in `ps`: give the URL in REDIS_URL or [redis] url, "
+            "or the password in the file named by [redis] password_file (CREDIT_REDIS_PASSWORD_FILE)"
+        )
+    return url

@@ -3,7 +3,8 @@
     ./spark-submit.sh features --input data/raw/loans.csv --output data/output [--as-of 2020-12-31]
 
 Writes `OUT/features/` (Parquet), `OUT/quarantine/` (Parquet: the rejected rows as text plus
-`reason`) and `OUT/report.json`, staged and moved into place at the end (DESIGN §4 to §6).
+`reason`), `OUT/clients/` (Parquet: each client's history state, DESIGN §8) and `OUT/report.json`,
+staged and moved into place at the end (DESIGN §4 to §6).
 The transforms below are pure `DataFrame -> DataFrame` functions; `run` does the reading and writing.
 """
 
@@ -11,16 +12,17 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import glob
 import json
 import logging
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pyspark import StorageLevel
-from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 
@@ -29,18 +31,16 @@ from conf.settings import parse_date as parse_setting_date
 from contract import NULL_REASONS, OUTPUT_COLUMNS, RAW_COLUMNS, REJECT_REASONS, TRIMMED
 from contract import spark as contract_spark
 from contract.spark import parse_date, parse_decimal, parse_whole_number
-from spark_jobs.output import StagedOutput
+from spark_jobs.output import OutputError, StagedOutput
 from spark_jobs.report import summary
 from spark_jobs.session import build_session
+from spark_jobs.source import RAW_RECORD, InputError, Limits, SourceFile, read_raw
 
 log = logging.getLogger(__name__)
 
 COPIES = "_copies"
+DEFAULT_LIMITS = Limits(max_record_lines=20, max_line_chars=100_000)
 REASON = "reason"
-
-
-class InputError(ValueError):
-    """The job's input cannot be read as the raw loans CSV."""
 
 
 # ---------------------------------------------------------------- transforms (DataFrame -> DataFrame)
@@ -52,21 +52,24 @@ def key_by_client(raw: DataFrame) -> DataFrame:
     Every later step (exact duplicates, the feature window) groups by client, so this is the job's
     one full shuffle; identical rows share `_id` and meet in the same partition.
     """
-    trimmed = raw.select(F.btrim(F.col("id"), F.lit(TRIMMED)).alias("_id_text"), *RAW_COLUMNS)
-    keyed = trimmed.select(parse_whole_number(F.col("_id_text")).alias("_id"), *RAW_COLUMNS)
+    trimmed = raw.select(F.btrim(F.col("id"), F.lit(TRIMMED)).alias("_id_text"), *RAW_COLUMNS, RAW_RECORD)
+    keyed = trimmed.select(parse_whole_number(F.col("_id_text")).alias("_id"), *RAW_COLUMNS, RAW_RECORD)
     return keyed.repartition("_id")
 
 
 def normalize(rows: DataFrame) -> DataFrame:
-    """Keep the contract's columns as text, trimmed, an empty value as null (and `_id` if present)."""
-    keep = [F.col("_id")] if "_id" in rows.columns else []
+    """Keep the contract's columns as text, trimmed, an empty value as null (and `_id` if present).
+
+    `raw_record` (the text of a malformed record) is kept as read.
+    """
+    keep = ([F.col("_id")] if "_id" in rows.columns else []) + [F.col(RAW_RECORD)]
     trimmed = rows.select(*keep, *[F.btrim(F.col(c).cast("string"), F.lit(TRIMMED)).alias(c) for c in RAW_COLUMNS])
     return trimmed.select(*keep, *[F.when(F.col(c) != "", F.col(c)).alias(c) for c in RAW_COLUMNS])
 
 
 def drop_exact_duplicates(rows: DataFrame) -> DataFrame:
     """One row per distinct row, with the number of identical copies read in `_copies`."""
-    keys = (["_id"] if "_id" in rows.columns else []) + list(RAW_COLUMNS)
+    keys = (["_id"] if "_id" in rows.columns else []) + [*RAW_COLUMNS, RAW_RECORD]
     return rows.groupBy(*keys).agg(F.count(F.lit(1)).alias(COPIES))
 
 
@@ -104,7 +107,8 @@ def validate(parsed: DataFrame, as_of: dt.date | None = None, conflicts: DataFra
     status = F.col("status")
     as_of_date = F.lit(as_of) if as_of else F.lit(None).cast("date")
     reason = (
-        F.when(F.col("_id").isNull(), "invalid_id")
+        F.when(F.col(RAW_RECORD).isNotNull(), "malformed_record")
+        .when(F.col("_id").isNull(), "invalid_id")
         .when(F.col("_loan_id").isNull(), "invalid_loan_id")
         .when(F.col("_loan_date").isNull(), "invalid_loan_date")
         .when(F.col("_loan_amount").isNull() | (F.col("_loan_amount") <= 0), "invalid_loan_amount")
@@ -125,14 +129,30 @@ def to_features_output(features: DataFrame) -> DataFrame:
     return features.select(*OUTPUT_COLUMNS)
 
 
+def to_clients_output(features: DataFrame) -> DataFrame:
+    """`clients/`: one row per client, the history state the online store keeps for applications (DESIGN §8):
+    its accepted loans, their amounts summed, its last loan, and its attributes on that loan (dates as
+    `yyyy-MM-dd`, null when missing or invalid)."""
+    return features.where(F.col("_last")).select(
+        "id",
+        (F.col("nb_previous_loans") + 1).alias("loans"),
+        F.col("_amount_sum").alias("amount_sum"),
+        F.col("loan_id").alias("last_loan_id"),
+        F.col("loan_date").alias("last_loan_date"),
+        F.date_format("_birthday", "yyyy-MM-dd").alias("birthday"),
+        F.date_format("_job_start", "yyyy-MM-dd").alias("job_start_date"),
+        "flag_own_car",
+    )
+
+
 def rejected_rows(checked: DataFrame) -> DataFrame:
     """The rows with a rejection reason."""
     return checked.where(F.col(REASON).isNotNull())
 
 
 def to_quarantine_output(rejected: DataFrame) -> DataFrame:
-    """The quarantine's columns: the raw columns as text plus `reason`."""
-    return rejected.select(*RAW_COLUMNS, REASON)
+    """The quarantine's columns: the raw columns as text, `reason`, and `raw_record` (a malformed record's text)."""
+    return rejected.select(*RAW_COLUMNS, REASON, RAW_RECORD)
 
 
 # ---------------------------------------------------------------- report metrics
@@ -196,41 +216,31 @@ def build_report(accepted: dict[str, Any], rejected: dict[str, Any]) -> dict[str
 # ---------------------------------------------------------------- I/O
 
 
-def read_raw(spark: SparkSession, path: str) -> DataFrame:
-    """Read the CSV (a file or a folder of files) with every column as text; check the header."""
-    try:
-        raw = spark.read.csv(
-            path, header=True, multiLine=True, quote='"', escape='"', inferSchema=False,
-            mode="PERMISSIVE", encoding="UTF-8",
-        )  # fmt: skip
-    except AnalysisException as exc:
-        raise InputError(f"cannot read input {path}: {str(exc).splitlines()[0]}") from None
-    header = {c.strip().lower(): c for c in raw.columns}
-    missing = [c for c in RAW_COLUMNS if c not in header]
-    if missing:
-        raise InputError(f"input {path} lacks column(s) {', '.join(missing)}; header: {raw.columns}")
-    extra = sorted(set(header) - set(RAW_COLUMNS))
-    if extra:
-        log.warning("input %s has extra column(s) %s, ignored", path, extra)
-    return raw.select(*[F.col(f"`{header[c]}`").alias(c) for c in RAW_COLUMNS])
-
-
 @dataclass(frozen=True)
 class FeatureJobArgs:
     input: str
     output: str
     as_of: dt.date | None
+    limits: Limits = DEFAULT_LIMITS
+    allow_empty: bool = False
+
+
+def source_report(sources: Sequence[SourceFile]) -> list[dict[str, Any]]:
+    """Per input file: its path, lines, and how it was read."""
+    return [{"path": s.path, "lines": s.lines, "read": "whole (quoted line breaks)" if s.multiline else "split"}
+            for s in sources]  # fmt: skip
 
 
 def run(spark: SparkSession, args: FeatureJobArgs) -> dict[str, Any]:
     """Read, transform and write; returns the report. Outputs appear only if everything succeeded."""
     started = time.perf_counter()
     started_at = dt.datetime.now(dt.UTC)
+    staged = StagedOutput(spark, args.output)  # checks the output is a folder before any work
     log.info("reading %s (as of %s)", args.input, args.as_of or "no limit")
+    raw, sources = read_raw(spark, args.input, args.limits)
     # Cached: both outputs and the conflict check read the distinct rows, parsed once.
     parsed = (
-        read_raw(spark, args.input)
-        .transform(key_by_client)
+        raw.transform(key_by_client)
         .transform(normalize)
         .transform(drop_exact_duplicates)
         .transform(parse_keys)
@@ -239,13 +249,15 @@ def run(spark: SparkSession, args: FeatureJobArgs) -> dict[str, Any]:
     # Both outputs need the conflicting loan_ids: cached, the aggregate runs once, not once per output.
     conflicts = conflicting_loan_ids(parsed).persist(StorageLevel.MEMORY_AND_DISK)
     checked = validate(parsed, args.as_of, conflicts)
-    staged = StagedOutput(spark, args.output)
     try:
         accepted_obs, rejected_obs = Observation("accepted"), Observation("rejected")
         features = add_features(checked.where(F.col(REASON).isNull()))
         step = time.perf_counter()
         to_features_output(feature_metrics(features, accepted_obs)).write.parquet(staged.path("features"))
         log.info("features written in %.1fs", time.perf_counter() - step)
+        step = time.perf_counter()
+        to_clients_output(features).write.parquet(staged.path("clients"))
+        log.info("clients' history written in %.1fs", time.perf_counter() - step)
         step = time.perf_counter()
         quarantine = to_quarantine_output(quarantine_metrics(rejected_rows(checked), rejected_obs))
         quarantine.write.parquet(staged.path("quarantine"))
@@ -255,12 +267,18 @@ def run(spark: SparkSession, args: FeatureJobArgs) -> dict[str, Any]:
             "output": args.output,
             "as_of": args.as_of.isoformat() if args.as_of else None,
             **build_report(accepted_obs.get, rejected_obs.get),
+            "files": source_report(sources),
             "started_at": started_at.isoformat(timespec="seconds"),
             "run_seconds": round(time.perf_counter() - started, 3),
             "spark_version": spark.version,
         }
+        if report["rows_accepted"] == 0 and not args.allow_empty:
+            raise InputError(
+                f"input {args.input} has no accepted row ({report['rows_read']} read, {report['rows_rejected']} "
+                f"rejected): the outputs in {args.output} were left as they were (--allow-empty publishes empty ones)"
+            )
         staged.write_text("report.json", json.dumps(report, indent=2) + "\n")
-        staged.publish(["features", "quarantine", "report.json"])
+        staged.publish(["features", "quarantine", "clients", "report.json"])
     except BaseException:
         staged.discard()
         raise
@@ -276,6 +294,7 @@ def parse_args(argv: Sequence[str] | None, settings: Settings) -> FeatureJobArgs
     parser.add_argument("--input", default=settings.features.input, help="raw CSV file or folder")
     parser.add_argument("--output", default=settings.features.output, help="output folder")
     parser.add_argument("--as-of", default=None, help="reject loans dated after this yyyy-MM-dd day")
+    parser.add_argument("--allow-empty", action="store_true", help="publish outputs even with no accepted row")
     args = parser.parse_args(argv)
     as_of = settings.features.as_of
     if args.as_of:
@@ -283,24 +302,62 @@ def parse_args(argv: Sequence[str] | None, settings: Settings) -> FeatureJobArgs
             as_of = parse_setting_date(args.as_of)
         except SettingsError as exc:
             parser.error(f"--as-of: {exc}")
-    return FeatureJobArgs(input=args.input, output=args.output, as_of=as_of)
+    limits = Limits(settings.features.max_record_lines, settings.features.max_line_chars)
+    return FeatureJobArgs(args.input, args.output, as_of, limits, args.allow_empty)
+
+
+def check(argv: Sequence[str]) -> int:
+    """Before spark-submit starts a JVM: refuse bad arguments, and a local input or output that cannot work.
+
+    Paths of other file systems (hdfs://, s3a://) are checked by the job itself, through Hadoop.
+    """
+    args = parse_args(argv, command_settings())
+    local = [p for p in (args.input, args.output) if "://" not in p or p.startswith("file:")]
+    if args.output in local:
+        output = Path(args.output.removeprefix("file:"))
+        blocking = next((p for p in (output, *output.parents) if p.exists()), None)
+        if blocking is not None and not blocking.is_dir():
+            where = "is a file" if blocking == output else f"lies under the file {blocking}"
+            log.error("output %s %s: give a folder", args.output, where)
+            return 2
+    if args.input in local and not glob.glob(args.input.removeprefix("file:")):
+        log.error("cannot read input %s: no such file or folder", args.input)
+        return 2
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the feature job from the command line; exit code 0 on success, 2 on bad input."""
+    """Run the feature job from the command line; 0 done, 2 bad input or arguments, 1 unexpected failure."""
     settings = command_settings()
     args = parse_args(argv, settings)
     spark = build_session(settings.spark, "features")
     try:
         report = run(spark, args)
-    except InputError as exc:
-        log.error("%s", exc)
-        return 2
+    except (InputError, OutputError) as exc:
+        failure: BaseException | None = exc
+    except Exception as exc:
+        log.debug("the feature job failed", exc_info=True)
+        failure = exc
+    else:
+        failure = None
     finally:
         spark.stop()
+    # The job's own message comes last, after Spark has stopped and said what it had to say.
+    if isinstance(failure, InputError | OutputError):
+        log.error("%s", failure)
+        return 2
+    if failure is not None:
+        log.error("the feature job failed, nothing was published: %s", _first_line(failure))
+        return 1
     log.info("%s", summary(report).replace("\n", "; "))
-    log.info("outputs: %s/features, %s/quarantine, %s/report.json", args.output, args.output, args.output)
+    log.info("outputs in %s: features, quarantine, clients, report.json", args.output)
     return 0
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception's first line: a Java error's stack trace stays out of the message."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import hashlib
 import io
 import logging
 import re
@@ -30,7 +31,7 @@ import pandas as pd
 import redis
 from py4j.protocol import Py4JJavaError
 from pyspark.errors import PySparkException
-from pyspark.sql import DataFrame, Observation, SparkSession, Window
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -39,7 +40,7 @@ from conf.settings import RedisSettings
 from contract import FEATURE_NAMES
 from model import registry
 from serving import embedded
-from serving.store import OnlineStore, StoreError, redacted
+from serving.store import OnlineStore, StoreError, command_line_url, redacted
 from spark_jobs.session import build_session
 
 log = logging.getLogger(__name__)
@@ -60,15 +61,16 @@ class MaterializeError(RuntimeError):
     """The load could not be done; the active version was left as it was."""
 
 
-def latest_per_client(features: DataFrame) -> DataFrame:
-    """One row per client: its last loan by (loan_date, loan_id), the date as yyyy-MM-dd text."""
-    last_first = Window.partitionBy("id").orderBy(F.col("loan_date").desc(), F.col("loan_id").desc())
-    return (
-        features.select("id", "loan_id", "loan_date", *FEATURE_NAMES)
-        .withColumn("_rank", F.row_number().over(last_first))
-        .where(F.col("_rank") == 1)
-        .select("id", F.date_format("loan_date", "yyyy-MM-dd").alias("loan_date"), *FEATURE_NAMES)
+def latest_with_history(features: DataFrame, clients: DataFrame) -> DataFrame:
+    """One row per client: the features of its last loan and its history state (the feature job's
+    `clients/` names the last loan), the date as yyyy-MM-dd text."""
+    history = clients.select(
+        "id", F.col("last_loan_id").alias("loan_id"), "loans", "amount_sum", "birthday", "job_start_date"
     )
+    return features.select("id", "loan_id", "loan_date", *FEATURE_NAMES).join(history, ["id", "loan_id"]).select(
+        "id", F.date_format("loan_date", "yyyy-MM-dd").alias("loan_date"), *FEATURE_NAMES,
+        F.col("loan_id").alias("last_loan_id"), "loans", "amount_sum", "birthday", "job_start_date",
+    )  # fmt: skip
 
 
 def score_frame(frame: pd.DataFrame, model: Any, threshold: float, model_version: str) -> pd.DataFrame:
@@ -77,8 +79,9 @@ def score_frame(frame: pd.DataFrame, model: Any, threshold: float, model_version
     return frame.assign(score=scores, label=(scores >= threshold).astype("int64"), model_version=model_version)
 
 
-# The fields written per client, in order: the features, then the record fields.
-WRITTEN_FIELDS = (*FEATURE_NAMES, "loan_date", "score", "label", "model_version")
+# The fields written per client, in order: the features, the record fields, the history state.
+WRITTEN_FIELDS = (*FEATURE_NAMES, "loan_date", "score", "label", "model_version", "loans", "amount_sum",
+                  "last_loan_id", "birthday", "job_start_date")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -117,20 +120,21 @@ def write_scored(latest: DataFrame, target: WriteTarget, model_bytes: Any) -> Da
 class MaterializeArgs:
     features: str
     models: str
-    redis_url: str  # empty: the embedded Redis
-    redis: RedisSettings
+    clients: str  # the feature job's clients/ (each client's history state)
+    redis: RedisSettings  # with the URL to use (empty: the embedded Redis)
 
 
 def run(spark: SparkSession, args: MaterializeArgs) -> dict[str, Any]:
     """Load, check, publish and clean up; returns the summary. MaterializeError when nothing was published."""
     pipeline, card = registry.load_approved(Path(args.models))
-    url = args.redis_url or embedded.resolve_url(args.redis)
+    portable, _ = registry.approved_portable(Path(args.models))
+    url = embedded.resolve_url(args.redis, "writer")
     try:
         store = OnlineStore.from_settings(args.redis, url)
         store.ping()
         version = store.next_version(dt.datetime.now(dt.UTC))
-        store.begin(version, {"source": args.features, "model_version": card["version"],
-                              "feature_names": ",".join(FEATURE_NAMES)})  # fmt: skip
+        meta = {"source": args.features, "model_version": card["version"], "feature_names": ",".join(FEATURE_NAMES)}
+        store.begin(version, meta, lease_seconds=args.redis.lease_seconds)
     except redis.RedisError as exc:
         raise MaterializeError(f"Redis at {redacted(url)} is unreachable or refused the load: {exc}") from None
     log.info(
@@ -138,7 +142,8 @@ def run(spark: SparkSession, args: MaterializeArgs) -> dict[str, Any]:
     )
     started = time.monotonic()
     try:
-        summary = _load(spark, args, store, url, version, pipeline, card)
+        with store.hold_lease(version, args.redis.lease_seconds):
+            summary = _load(spark, args, store, url, version, pipeline, card, portable)
     except (StoreError, redis.RedisError, PySparkException, Py4JJavaError, MaterializeError) as exc:
         _discard(store, version)
         raise MaterializeError(
@@ -155,18 +160,27 @@ def run(spark: SparkSession, args: MaterializeArgs) -> dict[str, Any]:
 
 
 def _load(
-    spark: SparkSession, args: MaterializeArgs, store: OnlineStore, url: str, version: str, pipeline: Any, card: dict
-) -> dict[str, Any]:
+    spark: SparkSession, args: MaterializeArgs, store: OnlineStore, url: str, version: str, pipeline: Any, card: dict,
+    portable: bytes,
+) -> dict[str, Any]:  # fmt: skip
     features = spark.read.parquet(args.features)
-    observed = Observation("features")
-    features = features.observe(observed, F.count(F.lit(1)).alias("rows"), F.max("loan_date").alias("as_of"))
+    clients = spark.read.parquet(args.clients)
+    # The clients' state is small (one row per client): its totals are counted apart, before the load.
+    stats = clients.agg(
+        F.count(F.lit(1)).alias("clients"),
+        F.coalesce(F.sum("loans"), F.lit(0)).alias("rows"),
+        F.max("last_loan_date").alias("as_of"),
+    ).first()
+    if stats is None:  # an aggregate without grouping always has one row
+        raise MaterializeError(f"{args.clients} gave no totals")
+    expected = int(stats["clients"])
     model_bytes = io.BytesIO()
     joblib.dump(pipeline, model_bytes)
     broadcast = spark.sparkContext.broadcast(model_bytes.getvalue())
     target = WriteTarget(url, args.redis, version, card["version"], float(card["threshold"]["value"]))
     try:
         totals = (
-            write_scored(latest_per_client(features), target, broadcast)
+            write_scored(latest_with_history(features, clients), target, broadcast)
             .agg(
                 F.coalesce(F.sum("rows"), F.lit(0)).alias("rows"),
                 F.min("started").alias("started"),
@@ -178,16 +192,22 @@ def _load(
         broadcast.unpersist()
     if totals is None:  # an aggregate without grouping always has one row
         raise MaterializeError("the write step returned no totals")
-    seen = observed.get
-    clients = store.complete(version, int(totals["rows"]))
-    as_of = seen["as_of"].isoformat() if seen["as_of"] else ""
-    store.set_meta(version, {"rows": seen["rows"], "as_of": as_of})
+    if int(totals["rows"]) != expected:
+        raise MaterializeError(
+            f"{args.clients} holds {expected} clients but {totals['rows']} match a last loan in {args.features}: "
+            "the two are not from the same feature run"
+        )
+    store.set_model(version, portable)
+    written = store.complete(version, int(totals["rows"]))
+    as_of = stats["as_of"].isoformat() if stats["as_of"] else ""
+    store.set_meta(version, {"rows": stats["rows"], "as_of": as_of, "threshold": repr(target.threshold),
+                             "model_sha256": hashlib.sha256(portable).hexdigest()})  # fmt: skip
     previous = store.publish(version)
     load_seconds = (totals["ended"] - totals["started"]) if totals["started"] is not None else 0.0
-    return {"version": version, "previous": previous, "clients": clients, "rows": seen["rows"], "as_of": as_of,
+    return {"version": version, "previous": previous, "clients": written, "rows": stats["rows"], "as_of": as_of,
             "model_version": card["version"], "prefix": store.prefix, "url": redacted(url),
             "write_seconds": round(load_seconds, 3),
-            "write_clients_per_second": round(clients / load_seconds, 1) if load_seconds > 0 else None}  # fmt: skip
+            "write_clients_per_second": round(written / load_seconds, 1) if load_seconds > 0 else None}  # fmt: skip
 
 
 def _discard(store: OnlineStore, version: str) -> None:
@@ -211,18 +231,22 @@ def parse_args(argv: Sequence[str] | None, settings: Settings) -> MaterializeArg
     parser = argparse.ArgumentParser(prog="spark-submit.sh materialize", description=__doc__.split("\n")[0])
     parser.add_argument("--features", default=settings.features.features_dir, help="the feature job's features/ folder")
     parser.add_argument("--models", default=settings.model.models_dir, help="the model registry folder")
+    parser.add_argument("--clients", default=None,
+                        help="the feature job's clients/ folder (default: beside --features)")  # fmt: skip
     parser.add_argument(
-        "--redis-url", default=settings.redis.url, help="redis:// or rediss:// URL; empty: the embedded Redis"
-    )
+        "--redis-url", type=command_line_url, default="",
+        help="redis:// or rediss:// URL without a password (default: [redis] url; none: the embedded Redis)",
+    )  # fmt: skip
     parser.add_argument("--prefix", default=settings.redis.prefix, help="key prefix (default %(default)s)")
     parser.add_argument("--grace-seconds", type=float, default=settings.redis.grace_period_seconds,
                         help="how long a replaced version stays before removal (default %(default)s)")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=settings.redis.batch_size, help="hashes per pipeline")
     ns = parser.parse_args(argv)
-    changes = {"prefix": ns.prefix, "url": ns.redis_url, "grace_period_seconds": ns.grace_seconds,
+    changes = {"prefix": ns.prefix, "url": ns.redis_url or settings.redis.url, "grace_period_seconds": ns.grace_seconds,
                "batch_size": ns.batch_size}  # fmt: skip
     redis_settings = dataclasses.replace(settings.redis, **changes)
-    return MaterializeArgs(ns.features, ns.models, ns.redis_url, redis_settings)
+    clients = ns.clients or str(Path(ns.features.rstrip("/")).parent / "clients")
+    return MaterializeArgs(ns.features, ns.models, clients, redis_settings)
 
 
 def summary_line(summary: dict[str, Any]) -> str:
@@ -234,16 +258,34 @@ def summary_line(summary: dict[str, Any]) -> str:
     )
 
 
+def refusal(args: MaterializeArgs) -> str | None:
+    """Why the load cannot start (no features, no approved model that matches its hash), found in plain Python."""
+    for path, what in ((args.features, "features"), (args.clients, "clients' history")):
+        if not Path(path).exists() and "://" not in path:
+            return f"no {what} at {path}: run the feature job first"
+    try:
+        registry.approved_card(Path(args.models))
+    except registry.RegistryError as exc:
+        return str(exc)
+    return None
+
+
+def check(argv: Sequence[str]) -> int:
+    """Before spark-submit starts a JVM: refuse bad arguments, missing features, no approved model (exit 2)."""
+    why = refusal(parse_args(argv, command_settings()))
+    if why:
+        log.error("%s", why)
+        return 2
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the load from the command line; 0 published, 1 failed (nothing changed), 2 bad input."""
     settings = command_settings()
-    try:
-        args = parse_args(argv, settings)
-    except ValueError as exc:
-        log.error("bad arguments: %s", exc)
-        return 2
-    if not Path(args.features).exists() and "://" not in args.features:
-        log.error("no features at %s: run the feature job first", args.features)
+    args = parse_args(argv, settings)
+    why = refusal(args)
+    if why:
+        log.error("%s", why)
         return 2
     spark = build_session(settings.spark, "materialize")
     try:

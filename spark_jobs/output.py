@@ -29,6 +29,10 @@ class PublishError(RuntimeError):
     """The staged outputs could not be moved into place."""
 
 
+class OutputError(ValueError):
+    """The output location cannot hold the job's outputs (it is a file, or lies under one)."""
+
+
 class StagedOutput:
     """A staging folder `OUT/_tmp-<run>` whose entries are moved to `OUT/<name>` by `publish`.
 
@@ -39,8 +43,20 @@ class StagedOutput:
     def __init__(self, spark: SparkSession, root: str) -> None:
         self._Path, self._fs = hadoop_fs(spark, root)
         self.root = self._Path(root)
+        self._check(root)
         self.run_id = uuid.uuid4().hex[:12]
         self._staging = self._Path(self.root, f"_tmp-{self.run_id}")
+
+    def _check(self, root: str) -> None:
+        """An OutputError when the output, or the nearest existing folder above it, is a file."""
+        path = self.root
+        while path is not None:
+            if self._fs.exists(path):
+                if not self._fs.getFileStatus(path).isDirectory():
+                    where = "is a file" if path == self.root else f"lies under the file {path.toString()}"
+                    raise OutputError(f"output {root} {where}: give a folder")
+                return
+            path = path.getParent()
 
     def path(self, name: str) -> str:
         """The staging location of output `name`."""

@@ -35,7 +35,10 @@ def main(argv: list[str]) -> int:
         print(f"no report at {path}: run the feature job first", file=sys.stderr)
         return 1
     report = json.loads(path.read_text(encoding="utf-8"))
-    print(f"features:   {out / 'features'}\nquarantine: {out / 'quarantine'}\nreport:     {path}")
+    print(
+        f"features:   {out / 'features'}\nquarantine: {out / 'quarantine'}\nreport:     {path}\n"
+        f"clients:    {out / 'clients'}"
+    )
     print(summary(report))
     return 0
 

@@ -1,23 +1,44 @@
-"""Shared fixtures: one local Spark session and one real Redis server for the whole run."""
+"""Shared fixtures: one local Spark session, real Redis servers, and one trained, approved model."""
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
+import numpy as np
 import pytest
-import redis
 
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 
+from imblearn.over_sampling import SMOTE
 from pyspark.sql import SparkSession
 
-from conf.settings import SparkSettings
+from conf import load_settings
+from conf.settings import ModelSettings, SparkSettings
+from datagen.generate import write_csv
+from model import registry
+from model import train as tr
+from model.data import Dataset, load_features
+from spark_jobs import features as fj
 from spark_jobs.session import build_session
+from tests import reference
 from tests.redis_servers import RedisClusterServers, RedisServer
+from tests.synthetic import synthetic_features
+
+DEFAULTS = load_settings(env={})
+# A small forest: the tests check the protocol and the plumbing, not the model's quality.
+MODEL_SETTINGS = dataclasses.replace(
+    DEFAULTS.model,
+    classifier=dataclasses.replace(DEFAULTS.model.classifier, n_estimators=20, max_depth=5, min_samples_leaf=5),
+)
+TRAINED_UNTIL = dt.date(2019, 12, 31)
+AS_OF = dt.date(2020, 12, 31)
 
 
 @pytest.fixture(scope="session")
@@ -45,11 +66,11 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 @pytest.fixture
 def redis_url(redis_server: RedisServer) -> Iterator[str]:
-    """The test Redis, running and empty again after each test."""
+    """The test Redis, running, without a password and empty again after each test."""
     redis_server.ensure_running()
     yield redis_server.url
     redis_server.ensure_running()
-    redis.Redis.from_url(redis_server.url).flushdb()
+    redis_server.reset()
 
 
 @pytest.fixture(scope="session")
@@ -58,3 +79,64 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
     cluster = RedisClusterServers(tmp_path_factory.mktemp("redis-cluster")).start()
     yield cluster
     cluster.stop()
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRun:
+    """Synthetic features, the model trained on them up to TRAINED_UNTIL, approved in a registry."""
+
+    features: Path
+    models: Path
+    version: str
+    settings: ModelSettings
+    data: Dataset
+    result: tr.TrainResult
+    smote_inputs: list[np.ndarray]  # what SMOTE was fitted on, recorded during training
+
+
+@pytest.fixture(scope="session")
+def model_run(tmp_path_factory: pytest.TempPathFactory) -> ModelRun:
+    """One training shared by the model, backtest, materialize and service tests."""
+    base = tmp_path_factory.mktemp("model")
+    features = synthetic_features(base / "features", clients=600, seed=1)
+    data = load_features(features, TRAINED_UNTIL)
+    seen: list[np.ndarray] = []
+    original = SMOTE.fit_resample
+
+    def recording(self: SMOTE, x: np.ndarray, y: np.ndarray, **kw: object) -> tuple:
+        seen.append(np.asarray(x).copy())
+        return original(self, x, y, **kw)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SMOTE, "fit_resample", recording)
+        result = tr.train(MODEL_SETTINGS, data)
+    models = base / "models"
+    version = registry.save(models, result.pipeline, result.card, result.files())
+    registry.approve(models, version, by="tests")
+    return ModelRun(features, models, version, MODEL_SETTINGS, data, result, seen)
+
+
+@dataclasses.dataclass(frozen=True)
+class Dirty:
+    source: Path
+    out: Path
+    report: dict
+    truth: reference.Result
+
+
+@pytest.fixture(scope="session")
+def dirty(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Dirty:
+    """Generated dirty data (every bad value, pairs of faults, malformed records) through the job, once."""
+    base = tmp_path_factory.mktemp("dirty")
+    source = base / "dirty.csv"
+    write_csv(source, clients=600, seed=11, dirty=True)
+    report = fj.run(spark, fj.FeatureJobArgs(str(source), str(base / "out"), AS_OF))
+    return Dirty(source, base / "out", report, reference.compute([source], AS_OF))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say loudly, at the end, when a test could not run for want of a tool on the machine."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    reasons = sorted({str(r.longrepr[2]) for r in skipped if "NOT RUN" in str(r.longrepr)})
+    for reason in reasons:
+        terminalreporter.write_line(f"!!! {reason.removeprefix('Skipped: ')} !!!", red=True, bold=True)

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from serving.embedded import cli_binary, server_binary
 
@@ -73,6 +75,18 @@ class RedisServer:
         if self.process is None or self.process.poll() is not None:
             self.start()
         self.resume()
+
+    def reset(self) -> None:
+        """Empty, with no password and no memory limit, whatever the test did (a restart if it set a password)."""
+        client = redis.Redis(port=self.port, socket_timeout=5, retry=Retry(NoBackoff(), 0))
+        try:
+            client.config_set("maxmemory", 0)
+            client.flushall()
+        except (redis.AuthenticationError, redis.ResponseError):  # a password the test set: start afresh
+            self.stop()
+            self.start()
+        finally:
+            client.close()
 
     def pause(self) -> None:
         """SIGSTOP: the server keeps its socket open but answers nothing (a hung Redis)."""

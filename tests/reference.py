@@ -1,7 +1,8 @@
 """A plain-Python implementation of the input and feature contract (DESIGN §4, §5), for the tests.
 
-Written from the contract, independently of the Spark job, one row at a time, so that the job's
-output can be compared with it cell by cell.
+Written from the contract, independently of the Spark job (and of the project's lists of columns and
+reasons: it spells its own, so a reason missing from the project's is caught), one row at a time, so
+that the job's output can be compared with it cell by cell.
 """
 
 from __future__ import annotations
@@ -12,10 +13,28 @@ import datetime as dt
 import math
 import re
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from contract import NULL_REASONS, RAW_COLUMNS, REJECT_REASONS
+RAW_COLUMNS = (
+    "loan_id", "id", "code_gender", "flag_own_car", "flag_own_realty", "cnt_children", "amt_income_total",
+    "name_income_type", "name_education_type", "name_family_status", "name_housing_type", "days_birth",
+    "days_employed", "flag_mobil", "flag_work_phone", "flag_phone", "flag_email", "occupation_type",
+    "cnt_fam_members", "status", "birthday", "job_start_date", "loan_date", "loan_amount",
+)  # fmt: skip
+REJECT_REASONS = (
+    "malformed_record", "invalid_id", "invalid_loan_id", "invalid_loan_date", "invalid_loan_amount",
+    "invalid_status", "future_loan_date", "duplicate_loan_id",
+)  # fmt: skip
+NULL_REASONS = {
+    "nb_previous_loans": (),
+    "avg_amount_loans_previous": ("first_loan",),
+    "age": ("birthday_missing", "birthday_invalid", "birthday_after_loan_date", "age_over_120"),
+    "years_on_the_job": ("job_start_missing", "job_start_invalid", "job_start_after_loan_date",
+                         "job_start_before_birthday", "years_on_the_job_over_100"),
+    "flag_own_car": ("flag_own_car_missing", "flag_own_car_invalid"),
+}  # fmt: skip
 
 TRIM = " \t\r\n"
 MAX_LONG = 2**63 - 1
@@ -58,26 +77,36 @@ def whole_years(start: dt.date, end: dt.date) -> int:
 @dataclass
 class Result:
     features: dict[int, tuple] = field(default_factory=dict)  # loan_id -> output row
-    quarantine: list[tuple] = field(default_factory=list)  # raw values + reason
+    quarantine: list[tuple] = field(default_factory=list)  # raw values, reason, raw_record
     report: dict = field(default_factory=dict)
 
 
 def read_rows(paths: list[Path]) -> list[tuple]:
-    """Every data row as a tuple of trimmed values in contract order (None for empty)."""
+    """Every record as its trimmed values in contract order (None for empty) plus None, or, for a record
+    with more or fewer fields than its header, 24 Nones plus the record's text."""
     rows = []
     for path in paths:
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.reader(handle)
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            consumed: list[str] = []
+
+            def lines(consumed: list[str] = consumed) -> Iterator[str]:
+                for line in handle:
+                    consumed.append(line)
+                    yield line
+
+            reader = csv.reader(lines())
             header = [h.strip().lower() for h in next(reader)]
             index = [header.index(c) for c in RAW_COLUMNS]
+            consumed.clear()
             for record in reader:
+                text = "".join(consumed).rstrip("\r\n")
+                consumed.clear()
                 if not record:
                     continue
-                values = []
-                for i in index:
-                    value = record[i].strip(TRIM) if i < len(record) else ""
-                    values.append(value or None)
-                rows.append(tuple(values))
+                if len(record) != len(header):
+                    rows.append((*[None] * len(RAW_COLUMNS), text))
+                    continue
+                rows.append((*[record[i].strip(TRIM) or None for i in index], None))
     return rows
 
 
@@ -86,7 +115,7 @@ def compute(paths: list[Path], as_of: dt.date | None = None) -> Result:
     copies = Counter(rows)
     col = {c: i for i, c in enumerate(RAW_COLUMNS)}
     distinct = list(copies)
-    loan_ids = Counter(_whole(r[col["loan_id"]]) for r in distinct)
+    loan_ids = Counter(_whole(r[col["loan_id"]]) for r in distinct if r[-1] is None)
     result = Result()
     rejected_by = Counter()
     accepted = []
@@ -94,7 +123,9 @@ def compute(paths: list[Path], as_of: dt.date | None = None) -> Result:
         client, loan_id = _whole(row[col["id"]]), _whole(row[col["loan_id"]])
         loan_date, amount = _date(row[col["loan_date"]]), _decimal(row[col["loan_amount"]])
         status = row[col["status"]]
-        if client is None:
+        if row[-1] is not None:
+            reason = "malformed_record"
+        elif client is None:
             reason = "invalid_id"
         elif loan_id is None:
             reason = "invalid_loan_id"
@@ -111,7 +142,7 @@ def compute(paths: list[Path], as_of: dt.date | None = None) -> Result:
         else:
             reason = None
         if reason:
-            result.quarantine.append((*row, reason))
+            result.quarantine.append((*row[:-1], reason, row[-1]))
             rejected_by[reason] += 1
         else:
             accepted.append((client, loan_date, loan_id, amount, row))

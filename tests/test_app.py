@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import pytest
+import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
 from serving.app import create_app
-from serving.store import OnlineStore, connect
+from serving.breaker import CircuitBreaker, RedisUnavailable
+from serving.store import OnlineStore
 from tests.redis_servers import RedisServer, free_port
 
 CLIENTS = {
@@ -22,10 +25,11 @@ FEATURES_7 = {"nb_previous_loans": 3, "avg_amount_loans_previous": 2134.5, "age"
               "flag_own_car": 1}  # fmt: skip
 FEATURES_8 = {"nb_previous_loans": 0, "avg_amount_loans_previous": None, "age": 30, "years_on_the_job": None,
               "flag_own_car": None}  # fmt: skip
+BATCH_LIMIT = 5
 
 
 def publish(url: str, version: str, clients: dict[int, dict]) -> None:
-    store = OnlineStore(connect(url, 0.5, 2.0))
+    store = OnlineStore.from_url(url, 0.5, 2.0)
     store.begin(version, {"source": "test"})
     store.write(version, clients.items())
     store.complete(version, len(clients))
@@ -33,7 +37,8 @@ def publish(url: str, version: str, clients: dict[int, dict]) -> None:
 
 
 def app_config(url: str, **changes: object) -> dict[str, object]:
-    return {"REDIS_URL": url, "VERSION_CACHE_SECONDS": 0.0, "BATCH_LIMIT": 5, "TESTING": True, **changes}
+    return {"REDIS_URL": url, "VERSION_CACHE_SECONDS": 0.0, "BATCH_LIMIT": BATCH_LIMIT, "TESTING": True,
+            "MODEL_PRELOAD_SECONDS": 0, **changes}  # fmt: skip
 
 
 @pytest.fixture
@@ -53,9 +58,12 @@ def test_app_features_answer(client: FlaskClient, path: str) -> None:
     assert answer.status_code == 200 and answer.mimetype == "application/json"
     assert answer.json == {"client_id": 7, "loan_date": "2020-11-05", "version": "20261127T061500Z",
                            "features": FEATURES_7}  # fmt: skip
+    assert list(answer.json) == ["client_id", "loan_date", "version", "features"]  # in the order built
 
 
-@pytest.mark.parametrize("path", ["/credit_risk/client_id=8", "/v1/clients/8/credit-risk"])
+@pytest.mark.parametrize(
+    "path", ["/credit_risk/client_id=8", "/v1/clients/8/credit-risk", "/v1/clients/0008/credit-risk"]
+)
 def test_app_credit_risk_answer_with_null_features(client: FlaskClient, path: str) -> None:
     answer = client.get(path)
     assert answer.status_code == 200
@@ -63,14 +71,17 @@ def test_app_credit_risk_answer_with_null_features(client: FlaskClient, path: st
                            "features": FEATURES_8, "score": 0.03, "label": 0, "model_version": "m1"}  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    "raw", ["0", "-1", "abc", "1.5", "+7", "%207", "7%20", "9223372036854775808", "99999999999999999999", "0x10", "१२"]
-)
+BAD_IDS = ["0", "-1", "abc", "1.5", "+7", "%207", "7%20", "9223372036854775808", "99999999999999999999", "0x10",
+           "१२", "1e3", "7%0A", "9" * 5000]  # fmt: skip
+
+
+@pytest.mark.parametrize("raw", BAD_IDS, ids=lambda raw: raw[:20])
 def test_app_rejects_an_id_that_is_not_a_positive_64_bit_whole_number(client: FlaskClient, raw: str) -> None:
     for path in (f"/credit_risk/client_id={raw}", f"/v1/clients/{raw}/features"):
         answer = client.get(path)
         assert answer.status_code == 400, path
         assert answer.json["error"]["code"] == "invalid_client_id"
+        assert len(answer.json["error"]["message"]) < 200  # a huge id is not echoed whole
 
 
 def test_app_largest_id_is_valid_and_unknown(client: FlaskClient) -> None:
@@ -85,45 +96,65 @@ def test_app_batch_answers_one_result_per_id_in_order(client: FlaskClient) -> No
     assert answer.status_code == 200
     body = answer.json
     assert body["version"] == "20261127T061500Z"
-    assert [r["client_id"] for r in body["results"]] == [8, 99, 7, 8]
-    assert body["results"][1] == {"client_id": 99, "error": "not_found"}
-    assert body["results"][2]["features"] == FEATURES_7 and body["results"][2]["score"] == 0.8125
-    assert body["results"][0] == body["results"][3] == client.get("/credit_risk/client_id=8").json
+    assert body["results"] == [
+        client.get("/credit_risk/client_id=8").json, {"client_id": 99, "error": "not_found"},
+        client.get("/credit_risk/client_id=7").json, client.get("/credit_risk/client_id=8").json,
+    ]  # fmt: skip
     whole = client.post("/v1/credit-risk/batch", json={"client_ids": [7.0, 1e3]})  # JSON Schema integers
     assert [r["client_id"] for r in whole.json["results"]] == [7, 1000]
 
 
+def test_app_batch_limit_is_exact(client: FlaskClient) -> None:
+    at_limit = client.post("/v1/credit-risk/batch", json={"client_ids": list(range(1, BATCH_LIMIT + 1))})
+    assert at_limit.status_code == 200 and len(at_limit.json["results"]) == BATCH_LIMIT
+    over = client.post("/v1/credit-risk/batch", json={"client_ids": list(range(1, BATCH_LIMIT + 2))})
+    message = f"{BATCH_LIMIT + 1} client ids; at most {BATCH_LIMIT} per request"
+    assert over.status_code == 400 and over.json["error"] == {"code": "batch_too_large", "message": message}
+
+
 @pytest.mark.parametrize(
-    ("body", "code"),
+    "body",
     [
-        ("not json", "invalid_body"),
-        ([7, 8], "invalid_body"),
-        ({"ids": [7]}, "invalid_body"),
-        ({"client_ids": [7], "extra": 1}, "invalid_body"),
-        ({"client_ids": []}, "invalid_body"),
-        ({"client_ids": "7"}, "invalid_body"),
-        ({"client_ids": ["7"]}, "invalid_body"),
-        ({"client_ids": [True]}, "invalid_body"),
-        ({"client_ids": [7.5]}, "invalid_body"),
-        ({"client_ids": [None]}, "invalid_body"),
-        ({"client_ids": [0]}, "invalid_body"),
-        ({"client_ids": [2**63]}, "invalid_body"),
-        ({"client_ids": [1, 2, 3, 4, 5, 6]}, "batch_too_large"),
+        "not json",
+        "[7, 8]",
+        '{"ids": [7]}',
+        '{"client_ids": [7], "extra": 1}',
+        '{"client_ids": []}',
+        '{"client_ids": "7"}',
+        '{"client_ids": ["7"]}',
+        '{"client_ids": [true]}',
+        '{"client_ids": [7.5]}',
+        '{"client_ids": [null]}',
+        '{"client_ids": [0]}',
+        f'{{"client_ids": [{2**63}]}}',
+        '{"client_ids":' + "[" * 990,
+        '{"client_ids":' + "[" * 100_000 + "]" * 100_000 + "}",
+        "",
+        '{"client_ids": [1]',
     ],
+    ids=lambda b: b[:30],
 )
-def test_app_batch_rejects_a_bad_body(client: FlaskClient, body: object, code: str) -> None:
-    if isinstance(body, str):
-        answer = client.post("/v1/credit-risk/batch", data=body, content_type="application/json")
-    else:
-        answer = client.post("/v1/credit-risk/batch", json=body)
-    assert answer.status_code == 400 and answer.json["error"]["code"] == code, answer.json
+def test_app_batch_rejects_a_bad_body_with_a_json_400(client: FlaskClient, body: str) -> None:
+    answer = client.post("/v1/credit-risk/batch", data=body, content_type="application/json")
+    assert answer.status_code == 400 and answer.json["error"]["code"] == "invalid_body", answer.json
 
 
-def test_app_every_error_is_json(client: FlaskClient) -> None:
+def test_app_batch_wants_a_json_content_type(client: FlaskClient) -> None:
+    answer = client.post("/v1/credit-risk/batch", data='{"client_ids": [7]}', content_type="text/plain")
+    assert answer.status_code == 400 and "Content-Type: application/json" in answer.json["error"]["message"]
+
+
+def test_app_every_answer_is_json_options_and_odd_methods_included(client: FlaskClient) -> None:
     assert client.get("/nowhere").json["error"]["code"] == "not_found"
     wrong_method = client.delete("/v1/clients/7/features")
     assert wrong_method.status_code == 405 and wrong_method.json["error"]["code"] == "method_not_allowed"
     assert set(wrong_method.headers["Allow"].split(", ")) == {"GET", "HEAD", "OPTIONS"}
+    options = client.options("/v1/clients/7/features")
+    assert options.status_code == 200 and options.mimetype == "application/json"
+    assert options.json == {"allow": ["GET", "HEAD", "OPTIONS"]}
+    assert set(options.headers["Allow"].split(", ")) == {"GET", "HEAD", "OPTIONS"}
+    made_up = client.open("/v1/clients/7/features", method="BREW")
+    assert made_up.status_code == 405 and made_up.mimetype == "application/json"
     huge = client.post("/v1/credit-risk/batch", data=b"[" + b"1," * 600_000 + b"1]", content_type="application/json")
     assert huge.status_code == 413 and huge.json["error"]["code"] == "request_entity_too_large"
 
@@ -140,33 +171,92 @@ def test_app_reports_not_ready_until_a_version_is_published(redis_url: str) -> N
     assert client.get("/v1/clients/7/features").status_code == 200
 
 
-def test_app_answers_503_fast_while_redis_is_down_and_recovers(redis_server: RedisServer, app: Flask) -> None:
+def test_app_answers_503_while_redis_is_down_without_trying_it_and_recovers(
+    redis_server: RedisServer, app: Flask, caplog: pytest.LogCaptureFixture
+) -> None:
     client = app.test_client()
+    holder = app.extensions["credit_store"]
     assert client.get("/v1/clients/7/features").status_code == 200
     redis_server.stop()
-    started = time.monotonic()
+    caplog.set_level(logging.WARNING, "serving")
     down = client.get("/v1/clients/7/features")
     assert down.status_code == 503 and down.json["error"]["code"] == "redis_unavailable"
-    assert down.headers["Retry-After"] == "1"
+    assert down.headers["Retry-After"] == "1" and holder.breaker.is_open
+    refused = [client.get("/v1/clients/7/features") for _ in range(50)]
+    assert {r.status_code for r in refused} == {503}
     assert client.get("/ready").status_code == 503 and client.get("/health").status_code == 200
-    assert time.monotonic() - started < 1.0
+    # One line when the breaker opened, not one per 503.
+    assert len([r for r in caplog.records if "Redis" in r.getMessage()]) == 1
     redis_server.start()  # an empty Redis again (no persistence): publish and read once more
     publish(redis_server.url, "v2", CLIENTS)
+    time.sleep(holder.breaker.retry_seconds)
     assert client.get("/v1/clients/7/features").json["version"] == "v2"
+    assert not holder.breaker.is_open
+    assert "Redis is back after" in caplog.records[-1].getMessage()
 
 
-def test_app_answers_503_within_a_second_while_redis_hangs(redis_server: RedisServer, app: Flask) -> None:
+def test_app_while_redis_hangs_only_trials_wait_on_it(redis_server: RedisServer, redis_url: str) -> None:
+    publish(redis_url, "v1", CLIENTS)
+    # A socket timeout of 2 s: a request that waits on the hung Redis is told apart from one that does not.
+    app = create_app(app_config(redis_url, REDIS_SOCKET_TIMEOUT=2.0, BREAKER_RETRY_SECONDS=30.0))
     client = app.test_client()
     assert client.get("/credit_risk/client_id=7").status_code == 200
     redis_server.pause()  # SIGSTOP: the socket accepts, nothing answers
     try:
-        for path in ("/credit_risk/client_id=7", "/ready"):
+        started = time.monotonic()
+        assert client.get("/credit_risk/client_id=7").status_code == 503  # waits its timeout, opens the breaker
+        assert time.monotonic() - started >= 2.0
+        for path in ("/credit_risk/client_id=7", "/ready", "/v1/credit-risk/batch"):
             started = time.monotonic()
-            assert client.get(path).status_code == 503
-            assert time.monotonic() - started < 1.2, path
+            answer = client.post(path, json={"client_ids": [7]}) if "batch" in path else client.get(path)
+            assert answer.status_code == 503
+            assert time.monotonic() - started < 1.0, path  # well under the 2 s it would wait on Redis
     finally:
         redis_server.resume()
-    assert client.get("/credit_risk/client_id=7").status_code == 200
+
+
+def test_breaker_opens_refuses_tries_again_on_time_closes_and_logs_state_changes_only(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [100.0]
+    breaker = CircuitBreaker(retry_seconds=0.25, report_seconds=10.0, clock=lambda: now[0])
+    calls: list[str] = []
+
+    def down() -> str:
+        calls.append("down")
+        raise redis.TimeoutError("Timeout reading from socket")
+
+    def up() -> str:
+        calls.append("up")
+        return "ok"
+
+    caplog.set_level(logging.WARNING, "serving.breaker")
+    with pytest.raises(redis.TimeoutError):
+        breaker.call(down)
+    assert breaker.is_open and calls == ["down"]
+    for _ in range(100):
+        with pytest.raises(RedisUnavailable):
+            breaker.call(up)  # refused at once: Redis is not tried
+    assert calls == ["down"]
+    now[0] = 100.25
+    with pytest.raises(redis.TimeoutError):
+        breaker.call(down)  # the trial, on time; it fails
+    now[0] = 110.0
+    with pytest.raises(redis.TimeoutError):
+        breaker.call(down)  # another trial
+    now[0] = 110.1
+    with pytest.raises(RedisUnavailable):
+        breaker.call(up)  # refused: 10 s since the breaker opened, the count is logged
+    now[0] = 110.35
+    assert breaker.call(up) == "ok" and not breaker.is_open and calls == ["down", "down", "down", "up"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 3
+    assert messages[0].startswith("Redis unreachable (TimeoutError: Timeout reading from socket): answering 503")
+    assert messages[1].startswith("Redis still unreachable after 10 s") and "101 requests answered 503" in messages[1]
+    assert messages[2] == "Redis is back after 10.3 s; 101 requests were answered 503 meanwhile"
+    with pytest.raises(redis.ResponseError):  # a refused command is no outage: the breaker stays closed
+        breaker.call(lambda: (_ for _ in ()).throw(redis.ResponseError("NOPERM")))
+    assert not breaker.is_open
 
 
 def test_app_starts_while_redis_is_down() -> None:
@@ -180,25 +270,62 @@ def test_app_refuses_to_start_with_a_malformed_redis_url() -> None:
         create_app(app_config("http://:secret@host:1/0"))
 
 
-def test_app_metrics_count_requests_latency_and_errors(client: FlaskClient) -> None:
-    def value(text: str, prefix: str) -> float:
-        lines = [line for line in text.splitlines() if line.startswith(prefix)]
-        return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
+def test_app_costs_one_hgetall_per_request_and_one_round_trip_per_batch(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's claims, checked with Redis's own command counts and the client's socket writes."""
+    publish(redis_url, "v1", CLIENTS)
+    client = create_app(app_config(redis_url, VERSION_CACHE_SECONDS=60.0)).test_client()
+    assert client.get("/v1/clients/7/features").status_code == 200  # connects and caches the version
+    admin = redis.Redis.from_url(redis_url)
 
+    def calls() -> dict[str, int]:
+        stats = admin.info("commandstats")
+        return {name: value["calls"] for name, value in stats.items() if name != "cmdstat_info"}
+
+    sends: list[int] = []
+    original = redis.connection.AbstractConnection.send_packed_command
+
+    def counting(self: object, command: object, check_health: bool = True) -> None:
+        sends.append(1)
+        original(self, command, check_health)
+
+    before = calls()
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
+    assert client.get("/credit_risk/client_id=8").status_code == 200
+    one = len(sends)
+    assert client.post("/v1/credit-risk/batch", json={"client_ids": [7, 8, 99, 7]}).status_code == 200
+    monkeypatch.undo()
+    after = calls()
+    assert {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)} == {"cmdstat_hgetall": 5}
+    assert (one, len(sends)) == (1, 2)  # one write to the socket per request, the batch's pipelined
+
+
+def metric(text: str, prefix: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+
+
+def test_app_metrics_count_requests_latency_and_errors_with_bounded_labels(client: FlaskClient) -> None:
     before = client.get("/metrics").get_data(as_text=True)
     client.get("/v1/clients/7/features")
     client.get("/v1/clients/404404/features")
     client.get("/v1/clients/x/features")
+    for method in ("BREW", "PROPFIND", "X-CUSTOM-1", "X-CUSTOM-2"):  # made-up methods: one label, "other"
+        client.open(f"/nowhere/{method}", method=method)
     page = client.get("/metrics")
     assert page.status_code == 200 and page.mimetype == "text/plain"
     text = page.get_data(as_text=True)
     ok = 'credit_api_requests_total{endpoint="/v1/clients/<raw_id>/features",method="GET",status="200"}'
-    assert value(text, ok) == value(before, ok) + 1
+    assert metric(text, ok) == metric(before, ok) + 1
     for status in ("404", "400"):
         err = f'credit_api_errors_total{{status="{status}"}}'
-        assert value(text, err) == value(before, err) + 1
+        assert metric(text, err) == metric(before, err) + (1 if status == "400" else 5)
     count = 'credit_api_request_duration_seconds_count{endpoint="/v1/clients/<raw_id>/features"}'
-    assert value(text, count) == value(before, count) + 3
+    assert metric(text, count) == metric(before, count) + 3
+    other = 'credit_api_requests_total{endpoint="unmatched",method="other",status="404"}'
+    assert metric(text, other) == metric(before, other) + 4
+    for made_up in ("BREW", "PROPFIND", "X-CUSTOM", "/nowhere/"):
+        assert made_up not in text  # neither the methods nor the raw paths became labels
 
 
 def test_app_openapi_describes_every_route_and_docs_work_offline(app: Flask, client: FlaskClient) -> None:
@@ -208,7 +335,7 @@ def test_app_openapi_describes_every_route_and_docs_work_offline(app: Flask, cli
     routes = {rule.rule for rule in app.url_map.iter_rules()} - {"/static/<path:filename>", "/openapi.json", "/docs",
                                                                   "/docs/<path:asset>"}  # fmt: skip
     assert routes == documented
-    assert spec["components"]["schemas"]["BatchRequest"]["properties"]["client_ids"]["maxItems"] == 5
+    assert spec["components"]["schemas"]["BatchRequest"]["properties"]["client_ids"]["maxItems"] == BATCH_LIMIT
     page = client.get("/docs").get_data(as_text=True)
     assert "/openapi.json" in page and "http" not in page.replace("/openapi.json", "")
     for asset in ("swagger-ui.css", "swagger-ui-bundle.js", "swagger-ui-standalone-preset.js"):

@@ -65,12 +65,13 @@ def test_contract_a_sixth_feature_is_served_and_in_the_openapi_document(redis_ur
 def test_contract_the_training_pipeline_imputes_every_feature_by_its_rule(sixth: Feature) -> None:
     settings = load_settings(env={}).model
     imputation = train.build_pipeline(settings, (*FEATURES, sixth)).named_steps["impute"]
-    steps = {name: (imputer.strategy, imputer.fill_value, imputer.add_indicator, columns)
-             for name, imputer, columns in imputation.transformers}  # fmt: skip
-    assert list(steps) == [*FEATURE_NAMES, sixth.name]
+    steps = {name: (type(step).__name__, getattr(step, "strategy", None), getattr(step, "fill_value", None), columns)
+             for name, step, columns in imputation.transformers}  # fmt: skip
+    assert list(steps) == [*FEATURE_NAMES[:4], "years_on_the_job_missing", FEATURE_NAMES[4], sixth.name]
     rule = sixth.imputation
-    assert steps[sixth.name] == (rule.strategy, rule.fill_value, rule.add_indicator, [sixth.name])
-    assert steps["years_on_the_job"] == ("constant", 0.0, True, ["years_on_the_job"])
+    assert steps[sixth.name] == ("SimpleImputer", rule.strategy, rule.fill_value, [sixth.name])
+    assert steps["years_on_the_job"] == ("SimpleImputer", "constant", 0.0, ["years_on_the_job"])
+    assert steps["years_on_the_job_missing"] == ("MissingIndicator", None, None, ["years_on_the_job"])
 
 
 def test_contract_imputation_rules_read_as_the_model_card_states_them() -> None:

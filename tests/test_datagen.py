@@ -10,7 +10,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from contract import RAW_COLUMNS
-from datagen.generate import NOT_EMPLOYED_DAYS, REFERENCE_DATE, write_csv
+from datagen.generate import BAD_VALUES, NOT_EMPLOYED_DAYS, REFERENCE_DATE, write_csv
 
 
 def read(path: Path) -> list[dict[str, str]]:
@@ -67,16 +67,22 @@ def test_datagen_status_depends_on_the_features(tmp_path: Path) -> None:
     assert statistics.mean(first) > 2 * statistics.mean(later)
 
 
-def test_datagen_dirty_adds_bad_duplicate_and_odd_rows(tmp_path: Path) -> None:
+def test_datagen_dirty_adds_bad_duplicate_odd_and_malformed_rows(tmp_path: Path) -> None:
     path = tmp_path / "dirty.csv"
     write_csv(path, clients=60, seed=1, dirty=True)
-    rows = read(path)
-    text = path.read_text(encoding="utf-8")
-    assert any(r["id"] == "abc" for r in rows) and any(r["loan_amount"] == "NaN" for r in rows)
-    assert any(r["loan_date"] == "2020-02-30" for r in rows) and any(r["status"] == "yes" for r in rows)
+    with path.open(newline="", encoding="utf-8") as handle:
+        records = list(csv.reader(handle))
+    header, body = records[0], records[1:]
+    assert header == list(RAW_COLUMNS)
+    assert sorted(len(r) for r in body if len(r) != len(header)) == [len(header) - 1, len(header) + 1]  # malformed
+    rows = [dict(zip(header, r, strict=True)) for r in body if len(r) == len(header)]
+    for column, values in BAD_VALUES.items():  # every listed bad value is used
+        assert set(values) <= {r[column] for r in rows}, column
+    assert any(r["id"] == "12.5" and r["loan_id"] == "0x1F" for r in rows)  # two faults in one row
     keyed = Counter(tuple(r.values()) for r in rows)
     assert max(keyed.values()) >= 2  # exact duplicates
     assert any(r["birthday"].endswith("-02-29") for r in rows)
     assert any(r["flag_own_car"] in ("y", "n") for r in rows)
+    assert any(r["job_start_date"] == "" for r in rows) and any(r["job_start_date"] == "2019-02-30" for r in rows)
     assert any("\n" in r["occupation_type"] and "," in r["occupation_type"] for r in rows)
-    assert '"' in text
+    assert '"' in path.read_text(encoding="utf-8")

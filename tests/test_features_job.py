@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import datetime as dt
+import io
 import json
-import os
 import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.testing import assertDataFrameEqual
 
 from contract import RAW_COLUMNS
 from datagen.generate import write_csv
 from spark_jobs import features as fj
-from spark_jobs.output import StagedOutput
+from spark_jobs.output import OutputError, StagedOutput
+from spark_jobs.source import InputError, Limits
 from tests import reference
+from tests.conftest import AS_OF, Dirty
+from tests.helpers import ROOT, clean_env
 
-ROOT = Path(__file__).resolve().parent.parent
 HEADER = ",".join(RAW_COLUMNS)
-TIMING_KEYS = ("started_at", "run_seconds")
+# What may differ between two runs on the same data: when, how long, and where.
+RUN_KEYS = ("started_at", "run_seconds", "input", "output", "files")
 
 
 def csv_line(loan_id: str, client: str, loan_date: str, amount: str, **over: str) -> str:
@@ -32,26 +37,23 @@ def csv_line(loan_id: str, client: str, loan_date: str, amount: str, **over: str
     return ",".join(values[c] for c in RAW_COLUMNS)
 
 
-SMALL_CSV = (
-    "\n".join(
-        [
-            HEADER,
-            csv_line("1", "10", "2020-01-05", "100"),
-            csv_line("2", "10", "2020-01-05", "300", occupation_type='"Core staff, ""senior""\nlevel"'),
-            csv_line("3", "10", "2020-02-01", "200"),
-            csv_line("3", "10", "2020-02-01", "200"),  # exact duplicate
-            csv_line("4", "11", "2019-12-31", "abc"),  # invalid amount
-            csv_line("5", "11", "2020-02-30", "150"),  # impossible date
-            csv_line("6", "11", "2020-03-01", "150", status="2"),
-            csv_line("7", "11", "2020-03-01", "150", flag_own_car="y", job_start_date="3021-09-18"),
-            csv_line("8", "x", "2020-03-01", "150"),
-            csv_line("9", "12", "2020-03-01", "150"),
-            csv_line("9", "12", "2020-03-01", "151"),  # conflicting loan_id
-            csv_line("10", "12", "2021-03-01", "99.5", status=""),  # future when as of 2020-12-31
-        ]
-    )
-    + "\n"
-)
+SMALL_LINES = [
+    csv_line("1", "10", "2020-01-05", "100"),
+    csv_line("2", "10", "2020-01-05", "300", occupation_type='"Core staff, ""senior""\nlevel"'),
+    csv_line("3", "10", "2020-02-01", "200"),
+    csv_line("3", "10", "2020-02-01", "200"),  # exact duplicate
+    csv_line("4", "11", "2019-12-31", "abc"),  # invalid amount
+    csv_line("5", "11", "2020-02-30", "150"),  # impossible date
+    csv_line("6", "11", "2020-03-01", "150", status="2"),
+    csv_line("7", "11", "2020-03-01", "150", flag_own_car="y", job_start_date="3021-09-18"),
+    csv_line("8", "x", "2020-03-01", "150"),
+    csv_line("9", "12", "2020-03-01", "150"),
+    csv_line("9", "12", "2020-03-01", "151"),  # conflicting loan_id
+    csv_line("10", "12", "2021-03-01", "99.5", status=""),  # future when as of 2020-12-31
+    csv_line("11", "13", "2020-04-01", "80") + ",one field too many",
+    csv_line("12", "13", "2020-04-02", "80").rsplit(",", 1)[0],  # one field too few
+]
+SMALL_CSV = "\n".join([HEADER, *SMALL_LINES]) + "\n"
 
 
 def write(path: Path, text: str) -> Path:
@@ -60,24 +62,59 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-def run(spark: SparkSession, source: Path, out: Path, as_of: dt.date | None = None) -> dict:
-    return fj.run(spark, fj.FeatureJobArgs(str(source), str(out), as_of))
+def run(spark: SparkSession, source: Path, out: Path, as_of: dt.date | None = AS_OF, **options: object) -> dict:
+    return fj.run(spark, dataclasses.replace(fj.FeatureJobArgs(str(source), str(out), as_of), **options))
 
 
-def without_timing(report: dict) -> dict:
-    return {k: v for k, v in report.items() if k not in TIMING_KEYS}
+def entries(folder: Path) -> list[str]:
+    """What a folder holds, without Hadoop's `.crc` checksum files."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
 
 
-def test_job_writes_features_quarantine_and_report(spark: SparkSession, tmp_path: Path) -> None:
-    source = write(tmp_path / "in" / "loans.csv", SMALL_CSV)
-    report = run(spark, source, tmp_path / "out", dt.date(2020, 12, 31))
-    assert json.loads((tmp_path / "out" / "report.json").read_text()) == report
-    assert without_timing(report) == {
-        "input": str(source), "output": str(tmp_path / "out"), "as_of": "2020-12-31",
-        "rows_read": 12, "duplicates_dropped": 1, "rows_accepted": 4, "rows_rejected": 7,
+def stable(report: dict) -> dict:
+    return {k: v for k, v in report.items() if k not in RUN_KEYS}
+
+
+OUTPUTS = ["clients", "features", "quarantine", "report.json"]
+
+
+def outputs(spark: SparkSession, out: Path) -> tuple[DataFrame, DataFrame, DataFrame]:
+    return tuple(spark.read.parquet(str(out / name)) for name in ("features", "quarantine", "clients"))  # type: ignore[return-value]
+
+
+def assert_same_outputs(spark: SparkSession, got: Path, want: Path) -> None:
+    for left, right in zip(outputs(spark, got), outputs(spark, want), strict=True):
+        assertDataFrameEqual(left, right)
+    report = json.loads((got / "report.json").read_text())
+    assert stable(report) == stable(json.loads((want / "report.json").read_text()))
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    source: Path
+    out: Path
+    report: dict
+
+
+@pytest.fixture(scope="module")
+def small(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """The job on SMALL_CSV as of 2020-12-31, run once for the tests that compare with it."""
+    base = tmp_path_factory.mktemp("small")
+    source = write(base / "in" / "loans.csv", SMALL_CSV)
+    return Run(source, base / "out", run(spark, source, base / "out"))
+
+
+def test_job_writes_features_quarantine_and_report(spark: SparkSession, small: Run) -> None:
+    assert json.loads((small.out / "report.json").read_text()) == small.report
+    assert {k: small.report[k] for k in ("input", "output", "as_of")} == {
+        "input": str(small.source), "output": str(small.out), "as_of": "2020-12-31"}  # fmt: skip
+    assert small.report["files"] == [{"path": str(small.source), "lines": 16, "read": "whole (quoted line breaks)"}]
+    assert stable(small.report) == {
+        "as_of": "2020-12-31",
+        "rows_read": 14, "duplicates_dropped": 1, "rows_accepted": 4, "rows_rejected": 9,
         "rejected_by_reason": {
-            "invalid_id": 1, "invalid_loan_id": 0, "invalid_loan_date": 1, "invalid_loan_amount": 1,
-            "invalid_status": 1, "future_loan_date": 1, "duplicate_loan_id": 2,
+            "malformed_record": 2, "invalid_id": 1, "invalid_loan_id": 0, "invalid_loan_date": 1,
+            "invalid_loan_amount": 1, "invalid_status": 1, "future_loan_date": 1, "duplicate_loan_id": 2,
         },
         "nulls": {
             "nb_previous_loans": {},
@@ -92,76 +129,182 @@ def test_job_writes_features_quarantine_and_report(spark: SparkSession, tmp_path
         "status_unknown": 0, "clients": 2, "first_loan_date": "2020-01-05", "last_loan_date": "2020-03-01",
         "spark_version": spark.version,
     }  # fmt: skip
-    got = spark.read.parquet(str(tmp_path / "out" / "features"))
-    assert got.schema.simpleString() == (
+    features, quarantine, clients = outputs(spark, small.out)
+    assert features.schema.simpleString() == (
         "struct<loan_id:bigint,id:bigint,loan_date:date,nb_previous_loans:int,avg_amount_loans_previous:double,"
         "age:int,years_on_the_job:int,flag_own_car:int,status:int>"
     )
     d = dt.date
     assertDataFrameEqual(
-        got,
+        features,
         spark.createDataFrame(
             [
                 (1, 10, d(2020, 1, 5), 0, None, 39, 9, 0, 0),
-                (2, 10, d(2020, 1, 5), 1, 100.0, 39, 9, 0, 0),
+                (2, 10, d(2020, 1, 5), 1, 100.0, 39, 9, 0, 0),  # the quoted value with a newline is one row
                 (3, 10, d(2020, 2, 1), 2, 200.0, 40, 9, 0, 0),
                 (7, 11, d(2020, 3, 1), 0, None, 40, None, 1, 0),
             ],
-            got.schema,
+            features.schema,
         ),
     )
-    quarantine = spark.read.parquet(str(tmp_path / "out" / "quarantine"))
-    assert quarantine.columns == [*RAW_COLUMNS, "reason"]
-    assert sorted((r.loan_id, r.id, r.loan_amount, r.reason) for r in quarantine.collect()) == [
-        ("10", "12", "99.5", "future_loan_date"),
-        ("4", "11", "abc", "invalid_loan_amount"),
-        ("5", "11", "150", "invalid_loan_date"),
-        ("6", "11", "150", "invalid_status"),
-        ("8", "x", "150", "invalid_id"),
-        ("9", "12", "150", "duplicate_loan_id"),
-        ("9", "12", "151", "duplicate_loan_id"),
-    ]
-    multiline = spark.read.parquet(str(tmp_path / "out" / "features")).count()
-    assert multiline == 4  # the quoted value with a comma and a newline stayed one row
+    assertDataFrameEqual(
+        clients,
+        spark.createDataFrame(
+            [(10, 3, 600.0, 3, d(2020, 2, 1), "1980-01-15", "2010-06-01", 0),
+             (11, 1, 150.0, 7, d(2020, 3, 1), "1980-01-15", "3021-09-18", 1)],
+            clients.schema,
+        ),
+    )  # fmt: skip
+    assert clients.columns == ["id", "loans", "amount_sum", "last_loan_id", "last_loan_date", "birthday",
+                               "job_start_date", "flag_own_car"]  # fmt: skip
+    assert quarantine.columns == [*RAW_COLUMNS, "reason", "raw_record"]
+    assertDataFrameEqual(
+        quarantine.select("loan_id", "id", "loan_amount", "reason", "raw_record"),
+        spark.createDataFrame(
+            [
+                ("10", "12", "99.5", "future_loan_date", None),
+                ("4", "11", "abc", "invalid_loan_amount", None),
+                ("5", "11", "150", "invalid_loan_date", None),
+                ("6", "11", "150", "invalid_status", None),
+                ("8", "x", "150", "invalid_id", None),
+                ("9", "12", "150", "duplicate_loan_id", None),
+                ("9", "12", "151", "duplicate_loan_id", None),
+                (None, None, None, "malformed_record", SMALL_LINES[12]),  # the record's text, kept whole
+                (None, None, None, "malformed_record", SMALL_LINES[13]),
+            ],
+            "loan_id string, id string, loan_amount string, reason string, raw_record string",
+        ),
+    )
 
 
-def test_job_rerun_gives_the_same_output(spark: SparkSession, tmp_path: Path) -> None:
-    source = write(tmp_path / "loans.csv", SMALL_CSV)
-    first = run(spark, source, tmp_path / "a")
-    second = run(spark, source, tmp_path / "b")
-    assert without_timing(first) | {"output": ""} == without_timing(second) | {"output": ""}
-    for name in ("features", "quarantine"):
-        assertDataFrameEqual(
-            spark.read.parquet(str(tmp_path / "a" / name)), spark.read.parquet(str(tmp_path / "b" / name))
-        )
-    third = run(spark, source, tmp_path / "a")  # over its own previous output
-    assert without_timing(third) == without_timing(first)
-    assert sorted(p.name for p in (tmp_path / "a").iterdir() if not p.name.startswith(".")) == [
-        "features",
-        "quarantine",
-        "report.json",
-    ]
+def test_job_rerun_gives_the_same_output(spark: SparkSession, small: Run, tmp_path: Path) -> None:
+    again = tmp_path / "again"
+    run(spark, small.source, again)
+    assert_same_outputs(spark, again, small.out)
+    run(spark, small.source, again)  # over its own previous output
+    assert_same_outputs(spark, again, small.out)
+    assert entries(again) == OUTPUTS
 
 
-def test_job_reads_a_folder_of_files(spark: SparkSession, tmp_path: Path) -> None:
-    lines = SMALL_CSV.splitlines()
-    write(tmp_path / "in" / "part1.csv", "\n".join(lines[:5]) + "\n")
-    write(tmp_path / "in" / "part2.csv", "\n".join([lines[0], *lines[5:]]) + "\n")
-    whole = run(spark, write(tmp_path / "whole.csv", SMALL_CSV), tmp_path / "o1")
-    split = run(spark, tmp_path / "in", tmp_path / "o2")
-    keys = ("rows_read", "rows_accepted", "rejected_by_reason", "nulls", "clients")
-    assert {k: split[k] for k in keys} == {k: whole[k] for k in keys}
+def reordered(text: str, order: list[int], rename: Callable[[str], str] = str, extra: bool = False) -> str:
+    """The same CSV with its columns in another order (names changed by `rename`), maybe an extra column."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    for i, record in enumerate(csv.reader(io.StringIO(text))):
+        fields = [rename(record[j]) if i == 0 else record[j] for j in order]
+        writer.writerow([*fields, "note" if i == 0 else "x"] if extra else fields)
+    return out.getvalue()
+
+
+def test_job_reads_a_folder_of_files_each_by_its_own_header(spark: SparkSession, small: Run, tmp_path: Path) -> None:
+    good = "\n".join([HEADER, *SMALL_LINES[:6]]) + "\n"
+    rest = "\n".join([HEADER, *SMALL_LINES[6:12]]) + "\n"  # the malformed records stay in the first file
+    backwards = list(range(len(RAW_COLUMNS)))[::-1]
+    write(tmp_path / "in" / "part1.csv", good + "\n".join(SMALL_LINES[12:]) + "\n")
+    # Columns reversed, names upper-case and padded, and a column the contract does not know.
+    write(tmp_path / "in" / "part2.csv", reordered(rest, backwards, lambda n: f" {n.upper()} ", extra=True))
+    report = run(spark, tmp_path / "in", tmp_path / "out")
+    assert_same_outputs(spark, tmp_path / "out", small.out)
+    assert [f["path"].rsplit("/", 1)[1] for f in report["files"]] == ["part1.csv", "part2.csv"]
+
+
+def test_job_refuses_a_file_whose_header_lacks_or_repeats_a_column(spark: SparkSession, tmp_path: Path) -> None:
+    lacking = write(tmp_path / "bad.csv", HEADER.replace(",loan_amount", "") + "\n1,2\n")
+    with pytest.raises(InputError, match=r"bad\.csv lacks column\(s\) loan_amount"):
+        run(spark, lacking, tmp_path / "out")
+    twice = write(tmp_path / "twice.csv", HEADER + ",ID\n" + SMALL_LINES[0] + ",7\n")
+    with pytest.raises(InputError, match=r"twice\.csv has column\(s\) id more than once"):
+        run(spark, twice, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("name", "text"), [("crlf", SMALL_CSV.replace("\n", "\r\n")), ("bom", "\ufeff" + SMALL_CSV)])
+def test_job_reads_windows_line_ends_and_a_byte_order_mark(
+    spark: SparkSession, small: Run, tmp_path: Path, name: str, text: str
+) -> None:
+    source = tmp_path / f"{name}.csv"
+    source.write_bytes(text.encode("utf-8"))
+    run(spark, source, tmp_path / "out")
+    assert_same_outputs(spark, tmp_path / "out", small.out)
+
+
+@pytest.fixture
+def previous(spark: SparkSession, small: Run, tmp_path: Path) -> Path:
+    """An output folder holding a good run's outputs, which a failed run must leave as they are."""
+    out = tmp_path / "previous"
+    run(spark, small.source, out)
+    return out
+
+
+def assert_untouched(spark: SparkSession, out: Path, small: Run) -> None:
+    assert_same_outputs(spark, out, small.out)
+    assert entries(out) == OUTPUTS  # no staging folder left
+
+
+def generated_lines(tmp_path: Path, rows: int) -> list[str]:
+    write_csv(tmp_path / "gen.csv", clients=150, seed=5)
+    lines = (tmp_path / "gen.csv").read_text().splitlines()
+    assert len(lines) > rows
+    return lines[: rows + 1]
+
+
+def test_job_refuses_an_unclosed_quote_naming_the_file_and_line(
+    spark: SparkSession, small: Run, previous: Path, tmp_path: Path
+) -> None:
+    """The issue's reproduction: 2,000 rows, `"Laborers` with no closing quote on line 11."""
+    lines = generated_lines(tmp_path, 2000)
+    fields = lines[10].split(",")
+    fields[RAW_COLUMNS.index("occupation_type")] = '"Laborers'
+    lines[10] = ",".join(fields)
+    source = write(tmp_path / "broken.csv", "\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=r"broken\.csv line 11: a quoted value opens here and never closes"):
+        run(spark, source, previous)
+    assert_untouched(spark, previous, small)
+
+
+def test_job_refuses_a_quoted_value_spanning_too_many_lines(spark: SparkSession, tmp_path: Path) -> None:
+    lines = generated_lines(tmp_path, 60)
+    lines[5] = lines[5].replace(",Y,", ',"Y,', 1)  # a stray quote, closed by another 40 lines on
+    lines[45] = lines[45].replace(",Y,", ',Y",', 1) if ",Y," in lines[45] else lines[45] + '"'
+    source = write(tmp_path / "long.csv", "\n".join(lines) + "\n")
+    limits = Limits(max_record_lines=20, max_line_chars=100_000)
+    with pytest.raises(InputError, match=r"long\.csv line 6: a quoted value opens here and closes only on line 46"):
+        run(spark, source, tmp_path / "out", limits=limits)
+    short = dataclasses.replace(limits, max_line_chars=100)
+    with pytest.raises(InputError, match=r"long\.csv line 1: \d+ characters, more than max_line_chars \(100\)"):
+        run(spark, source, tmp_path / "out", limits=short)
+
+
+def test_job_with_no_accepted_row_leaves_the_outputs_unless_allowed(
+    spark: SparkSession, small: Run, previous: Path, tmp_path: Path
+) -> None:
+    header_only = write(tmp_path / "header.csv", HEADER + "\n")
+    with pytest.raises(InputError, match=r"header\.csv has no accepted row \(0 read, 0 rejected\)"):
+        run(spark, header_only, previous)
+    assert_untouched(spark, previous, small)
+    all_bad = write(tmp_path / "bad.csv", HEADER + "\n" + SMALL_LINES[4] + "\n")
+    with pytest.raises(InputError, match=r"has no accepted row \(1 read, 1 rejected\)"):
+        run(spark, all_bad, previous)
+    report = run(spark, header_only, previous, allow_empty=True)
+    assert (report["rows_read"], report["rows_accepted"], report["clients"]) == (0, 0, 0)
+    counts = [spark.read.parquet(str(previous / name)).count() for name in ("features", "quarantine", "clients")]
+    assert counts == [0, 0, 0]
+
+
+def test_job_checks_the_output_before_any_work(spark: SparkSession, tmp_path: Path) -> None:
+    a_file = write(tmp_path / "a-file", "x")
+    # The input does not even exist: the output is refused first, before anything is read.
+    with pytest.raises(OutputError, match=r"output .*a-file is a file: give a folder"):
+        run(spark, tmp_path / "nowhere.csv", a_file)
+    with pytest.raises(OutputError, match=r"output .*a-file/out lies under the file .*a-file"):
+        run(spark, tmp_path / "nowhere.csv", a_file / "out")
+    with pytest.raises(InputError, match=r"cannot read input .*nowhere\.csv: no such file or folder"):
+        run(spark, tmp_path / "nowhere.csv", tmp_path / "out")
 
 
 def test_job_failure_leaves_previous_output_intact(
-    spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    spark: SparkSession, small: Run, previous: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    out = tmp_path / "out"
-    source = write(tmp_path / "loans.csv", SMALL_CSV)
-    run(spark, source, out)
-    before = (out / "report.json").read_text()
-    rows_before = spark.read.parquet(str(out / "features")).collect()
-
     bigger = write(tmp_path / "bigger.csv", SMALL_CSV + csv_line("20", "13", "2020-04-01", "42") + "\n")
 
     def fail(self: StagedOutput, name: str, text: str) -> None:
@@ -169,91 +312,40 @@ def test_job_failure_leaves_previous_output_intact(
 
     monkeypatch.setattr(StagedOutput, "write_text", fail)  # fails after both Parquet outputs are staged
     with pytest.raises(OSError, match="disk full"):
-        run(spark, bigger, out)
-    assert (out / "report.json").read_text() == before
-    assertDataFrameEqual(spark.read.parquet(str(out / "features")), rows_before)
-    assert not [p for p in out.iterdir() if p.name.startswith("_")]  # no staging folder left behind
+        run(spark, bigger, previous)
+    assert_untouched(spark, previous, small)
 
 
-def test_job_missing_input_or_column_is_a_clear_error(spark: SparkSession, tmp_path: Path) -> None:
-    with pytest.raises(fj.InputError, match=r"cannot read input .*nowhere\.csv"):
-        run(spark, tmp_path / "nowhere.csv", tmp_path / "out")
-    bad = write(tmp_path / "bad.csv", HEADER.replace(",loan_amount", "") + "\n1,2\n")
-    with pytest.raises(fj.InputError, match="lacks column\\(s\\) loan_amount"):
-        run(spark, bad, tmp_path / "out")
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+def test_job_matches_plain_python_contract_on_dirty_generated_data(spark: SparkSession, dirty: Dirty) -> None:
+    features, quarantine, _ = outputs(spark, dirty.out)
+    got = {r.loan_id: tuple(r) for r in features.collect()}
+    assert got.keys() == dirty.truth.features.keys()
+    assert [(got[k], dirty.truth.features[k]) for k in got if got[k] != dirty.truth.features[k]] == []
+    assert sorted((tuple(r) for r in quarantine.collect()), key=repr) == sorted(dirty.truth.quarantine, key=repr)
+    assert {k: dirty.report[k] for k in dirty.truth.report} == dirty.truth.report
+    # Every rejection reason and every null reason of the contract occurs in the dirty data.
+    assert list(dirty.report["rejected_by_reason"]) == list(reference.REJECT_REASONS)
+    assert [r for r, n in dirty.report["rejected_by_reason"].items() if n == 0] == []
+    assert [(f, r) for f, reasons in dirty.report["nulls"].items() for r, n in reasons.items() if n == 0] == []
+    assert dirty.report["duplicates_dropped"] > 0 and dirty.report["status_unknown"] > 0
 
 
-def test_job_empty_input_gives_empty_outputs(spark: SparkSession, tmp_path: Path) -> None:
-    report = run(spark, write(tmp_path / "empty.csv", HEADER + "\n"), tmp_path / "out")
-    assert (report["rows_read"], report["rows_accepted"], report["clients"], report["first_loan_date"]) == (
-        0,
-        0,
-        0,
-        None,
-    )
-    assert spark.read.parquet(str(tmp_path / "out" / "features")).count() == 0
-
-
-def test_job_matches_plain_python_contract_on_dirty_generated_data(spark: SparkSession, tmp_path: Path) -> None:
-    source = tmp_path / "dirty.csv"
-    write_csv(source, clients=250, seed=11, dirty=True)
-    as_of = dt.date(2020, 12, 31)
-    report = run(spark, source, tmp_path / "out", as_of)
-    truth = reference.compute([source], as_of)
-
-    got = {r.loan_id: tuple(r) for r in spark.read.parquet(str(tmp_path / "out" / "features")).collect()}
-    assert got.keys() == truth.features.keys()
-    mismatched = [(got[k], truth.features[k]) for k in got if got[k] != truth.features[k]]
-    assert mismatched == []
-    quarantine = sorted(
-        (tuple(r) for r in spark.read.parquet(str(tmp_path / "out" / "quarantine")).collect()), key=repr
-    )
-    assert quarantine == sorted(truth.quarantine, key=repr)
-    assert {k: report[k] for k in truth.report} == truth.report
-    # The dirty data holds every rejection reason and every null reason the generator can make.
-    assert all(n > 0 for n in report["rejected_by_reason"].values())
-    assert report["duplicates_dropped"] > 0 and report["status_unknown"] > 0
+def submit(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`./spark-submit.sh` as a user runs it: a clean environment, from the checkout."""
+    return subprocess.run(["./spark-submit.sh", *args], cwd=ROOT, env=env or clean_env(), capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
 
 
 @pytest.mark.slow
-def test_spark_submit_runs_the_job_and_reports_bad_input(tmp_path: Path) -> None:
-    source = tmp_path / "loans.csv"
-    env = {**os.environ, "CREDIT_FEATURES_AS_OF": "2020-12-31"}
-    subprocess.run([sys.executable, "-m", "datagen", "--output", str(source), "--clients", "40", "--dirty"],
-                   cwd=ROOT, check=True, env=env)  # fmt: skip
-    done = subprocess.run(
-        ["./spark-submit.sh", "features", "--input", str(source), "--output", str(tmp_path / "out")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "accepted" in done.stdout + done.stderr
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
-    truth = reference.compute([source], dt.date(2020, 12, 31))
-    assert {k: report[k] for k in truth.report} == truth.report
-
-    failed = subprocess.run(
-        ["./spark-submit.sh", "features", "--input", str(tmp_path / "missing.csv"), "--output", str(tmp_path / "o2")],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert failed.returncode == 2
-    output = failed.stdout + failed.stderr
-    assert "cannot read input" in output and "Traceback" not in output
-
-
-@pytest.mark.parametrize(
-    ("name", "text"),
-    [("crlf", SMALL_CSV.replace("\n", "\r\n")), ("bom", "\ufeff" + SMALL_CSV)],
-)
-def test_job_reads_windows_line_ends_and_a_byte_order_mark(
-    spark: SparkSession, tmp_path: Path, name: str, text: str
-) -> None:
-    plain = run(spark, write(tmp_path / "plain.csv", SMALL_CSV), tmp_path / "o1")
-    source = tmp_path / f"{name}.csv"
-    source.write_bytes(text.encode("utf-8"))
-    other = run(spark, source, tmp_path / "o2")
-    keys = ("rows_read", "duplicates_dropped", "rows_accepted", "rejected_by_reason", "nulls", "clients")
-    assert {k: other[k] for k in keys} == {k: plain[k] for k in keys}
-    assertDataFrameEqual(
-        spark.read.parquet(str(tmp_path / "o2" / "features")), spark.read.parquet(str(tmp_path / "o1" / "features"))
-    )
+def test_spark_submit_exit_codes_with_the_jobs_message_last(small: Run, tmp_path: Path) -> None:
+    missing = submit("features", "--input", str(tmp_path / "missing.csv"), "--output", str(tmp_path / "o"))
+    assert missing.returncode == 2
+    lines = missing.stderr.strip().splitlines()
+    assert lines[-1].endswith(f"cannot read input {tmp_path / 'missing.csv'}: no such file or folder")
+    assert len(lines) < 10 and "Traceback" not in missing.stderr and "\tat " not in missing.stderr
+    # An unexpected failure (here a Parquet codec that does not exist): exit code 1, nothing published.
+    env = clean_env(SPARK_SUBMIT_OPTS_EXTRA="--conf spark.sql.parquet.compression.codec=nonexistent")
+    broken = submit("features", "--input", str(small.source), "--output", str(tmp_path / "o"), env=env)
+    assert broken.returncode == 1, broken.stderr[-2000:]
+    assert "the feature job failed, nothing was published" in broken.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())

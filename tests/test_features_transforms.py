@@ -1,8 +1,13 @@
-"""The feature job's transforms on hand-written rows, compared as whole DataFrames."""
+"""The feature job's transforms on hand-written rows, compared as whole DataFrames.
+
+Each table of cases is one DataFrame (one client or one loan id per case), so a table costs one
+Spark job, not one per case.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from typing import Any
 
 import pytest
@@ -14,7 +19,7 @@ from pyspark.testing import assertDataFrameEqual
 from contract import OUTPUT_COLUMNS, RAW_COLUMNS
 from spark_jobs import features as fj
 
-RAW_SCHEMA = StructType([StructField(c, StringType()) for c in RAW_COLUMNS])
+RAW_SCHEMA = StructType([StructField(c, StringType()) for c in (*RAW_COLUMNS, "raw_record")])
 OUTPUT_SCHEMA = (
     "loan_id long, id long, loan_date date, nb_previous_loans int, avg_amount_loans_previous double, "
     "age int, years_on_the_job int, flag_own_car int, status int"
@@ -28,6 +33,7 @@ BASE = {
     "occupation_type": "Managers", "cnt_fam_members": "2.0", "status": "0",
     "birthday": "1990-05-10", "job_start_date": "2015-03-01",
 }  # fmt: skip
+AS_OF = dt.date(2020, 12, 31)
 
 
 def loan(loan_id: Any, client: Any, loan_date: str, amount: str = "100.0", **fields: Any) -> dict[str, Any]:
@@ -36,7 +42,7 @@ def loan(loan_id: Any, client: Any, loan_date: str, amount: str = "100.0", **fie
 
 
 def raw(spark: SparkSession, *rows: dict[str, Any]) -> DataFrame:
-    return spark.createDataFrame([tuple(r.get(c) for c in RAW_COLUMNS) for r in rows], RAW_SCHEMA)
+    return spark.createDataFrame([tuple(r.get(c) for c in RAW_SCHEMA.names) for r in rows], RAW_SCHEMA)
 
 
 def checked(spark: SparkSession, *rows: dict[str, Any], as_of: dt.date | None = None) -> DataFrame:
@@ -44,13 +50,13 @@ def checked(spark: SparkSession, *rows: dict[str, Any], as_of: dt.date | None = 
     return fj.validate(parsed.transform(fj.parse_keys), as_of)
 
 
+def featured(spark: SparkSession, *rows: dict[str, Any], as_of: dt.date | None = None) -> DataFrame:
+    """The features with their `_null_<feature>` reasons."""
+    return fj.add_features(checked(spark, *rows, as_of=as_of).where(F.col("reason").isNull()))
+
+
 def features(spark: SparkSession, *rows: dict[str, Any], as_of: dt.date | None = None) -> DataFrame:
-    accepted = checked(spark, *rows, as_of=as_of).where(F.col("reason").isNull())
-    return fj.to_features_output(fj.add_features(accepted))
-
-
-def expected(spark: SparkSession, *rows: tuple) -> DataFrame:
-    return spark.createDataFrame(list(rows), OUTPUT_SCHEMA)
+    return fj.to_features_output(featured(spark, *rows, as_of=as_of))
 
 
 def d(text: str) -> dt.date:
@@ -67,12 +73,14 @@ def test_features_first_loan_and_averages_of_earlier_loans(spark: SparkSession) 
     )
     assertDataFrameEqual(
         result,
-        expected(
-            spark,
-            (1, 7, d("2020-01-01"), 0, None, 29, 4, 1, 0),
-            (2, 7, d("2020-02-01"), 1, 100.0, 29, 4, 1, 0),
-            (3, 7, d("2020-03-01"), 2, 150.0, 29, 5, 1, 0),
-            (4, 8, d("2019-06-01"), 0, None, 29, 4, 1, 0),
+        spark.createDataFrame(
+            [
+                (1, 7, d("2020-01-01"), 0, None, 29, 4, 1, 0),
+                (2, 7, d("2020-02-01"), 1, 100.0, 29, 4, 1, 0),
+                (3, 7, d("2020-03-01"), 2, 150.0, 29, 5, 1, 0),
+                (4, 8, d("2019-06-01"), 0, None, 29, 4, 1, 0),
+            ],
+            OUTPUT_SCHEMA,
         ),
     )
     assert tuple(result.columns) == OUTPUT_COLUMNS
@@ -95,107 +103,167 @@ def test_features_same_day_loans_ordered_by_loan_id_with_one_frame(spark: SparkS
     )
 
 
-@pytest.mark.parametrize(
-    ("birthday", "job_start", "loan_date", "age", "years"),
-    [
-        ("1990-05-10", "3021-09-18", "2020-05-10", 30, None),  # the "not employed" code
-        ("1990-05-10", "2015-05-11", "2020-05-10", 30, 4),  # the day before anniversaries
-        ("1992-02-29", "2016-02-29", "2021-02-28", 29, 5),  # Feb 29 turns a year on Feb 28 ...
-        ("1992-02-29", "2016-02-29", "2021-02-27", 28, 4),
-        ("1992-02-29", "2016-02-29", "2020-02-28", 27, 3),  # ... but not in a leap year
-        ("1992-02-29", "2016-02-29", "2020-02-29", 28, 4),
-        ("2020-06-01", "2015-03-01", "2020-05-10", None, None),  # birthday after the loan; job before birth
-        ("1990-05-10", "1985-01-01", "2020-05-10", 30, None),  # job start before the birthday
-        ("1890-01-01", "1905-03-01", "2020-05-10", None, None),  # age > 120, years > 100
-        ("1899-05-10", "1919-05-11", "2019-05-10", 120, 99),  # exactly 120 and 99 stay
-        ("1990-02-30", "2015-03-01", "2020-05-10", None, 5),  # impossible birthday
-        (None, "2020-13-01", "2020-05-10", None, None),  # empty birthday, impossible job start
-        ("  1990-05-10 ", "2020-05-10", "2020-05-10", 30, 0),  # padded, started on the loan day
-    ],
-)
-def test_features_age_and_years_on_the_job_as_of_the_loan_date(
-    spark: SparkSession, birthday: str | None, job_start: str, loan_date: str, age: int | None, years: int | None
+# birthday, job start, loan date -> age, its null reason, years on the job, its null reason
+AGE_AND_JOB_CASES = [
+    ("1990-05-10", "3021-09-18", "2020-05-10", 30, None, None, "job_start_after_loan_date"),  # "not employed"
+    ("1990-05-10", "2015-05-11", "2020-05-10", 30, None, 4, None),  # the day before anniversaries
+    ("1992-02-29", "2016-02-29", "2021-02-28", 29, None, 5, None),  # Feb 29 turns a year on Feb 28 ...
+    ("1992-02-29", "2016-02-29", "2021-02-27", 28, None, 4, None),
+    ("1992-02-29", "2016-02-29", "2020-02-28", 27, None, 3, None),  # ... but not in a leap year
+    ("1992-02-29", "2016-02-29", "2020-02-29", 28, None, 4, None),
+    ("2020-06-01", "2015-03-01", "2020-05-10", None, "birthday_after_loan_date", None, "job_start_before_birthday"),
+    ("1990-05-10", "1985-01-01", "2020-05-10", 30, None, None, "job_start_before_birthday"),
+    ("1899-05-10", "1919-05-10", "2019-05-10", 120, None, 100, None),  # exactly 120 and 100 stay
+    ("1899-05-10", "1919-05-10", "2020-05-10", None, "age_over_120", None, "years_on_the_job_over_100"),  # 121, 101
+    ("1899-05-11", "1919-05-11", "2020-05-10", 120, None, 100, None),  # 121 and 101 only tomorrow
+    ("1990-02-30", "2015-03-01", "2020-05-10", None, "birthday_invalid", 5, None),
+    (None, "2020-13-01", "2020-05-10", None, "birthday_missing", None, "job_start_invalid"),
+    ("1990-05-10", None, "2020-05-10", 30, None, None, "job_start_missing"),
+    ("  1990-05-10 ", "2020-05-10", "2020-05-10", 30, None, 0, None),  # padded, started on the loan day
+    ("1990-05-10", "1990-05-10", "2020-05-09", 29, None, 29, None),  # job start on the birthday is allowed
+]
+
+
+def test_features_age_and_years_on_the_job_as_of_the_loan_date(spark: SparkSession) -> None:
+    rows = [loan(i, i, day, birthday=born, job_start_date=job)
+            for i, (born, job, day, *_) in enumerate(AGE_AND_JOB_CASES, start=1)]  # fmt: skip
+    result = featured(spark, *rows).select("id", "age", "_null_age", "years_on_the_job", "_null_years_on_the_job")
+    assertDataFrameEqual(
+        result,
+        spark.createDataFrame(
+            [(i, *expected) for i, (_, _, _, *expected) in enumerate(AGE_AND_JOB_CASES, start=1)],
+            "id long, age int, _null_age string, years_on_the_job int, _null_years_on_the_job string",
+        ),
+    )
+
+
+FLAG_CASES = [
+    ("Y", 1, None), ("y", 1, None), (" N ", 0, None), ("n", 0, None), (None, None, "flag_own_car_missing"),
+    ("", None, "flag_own_car_missing"), ("X", None, "flag_own_car_invalid"), ("yes", None, "flag_own_car_invalid"),
+]  # fmt: skip
+
+
+def test_features_flag_own_car(spark: SparkSession) -> None:
+    rows = [loan(i, i, "2020-01-01", flag_own_car=flag) for i, (flag, _, _) in enumerate(FLAG_CASES, start=1)]
+    assertDataFrameEqual(
+        featured(spark, *rows).select("id", "flag_own_car", "_null_flag_own_car"),
+        spark.createDataFrame(
+            [(i, value, why) for i, (_, value, why) in enumerate(FLAG_CASES, start=1)],
+            "id long, flag_own_car int, _null_flag_own_car string",
+        ),
+    )
+
+
+# column, bad value, reason (with --as-of 2020-12-31)
+REJECT_CASES = [
+    ("id", "abc", "invalid_id"), ("id", "0", "invalid_id"), ("id", "-5", "invalid_id"),
+    ("id", "12.0", "invalid_id"), ("id", "9223372036854775808", "invalid_id"), ("id", "", "invalid_id"),
+    ("id", "+7", "invalid_id"), ("id", "1e3", "invalid_id"), ("id", "5 008", "invalid_id"),
+    ("loan_id", "1e3", "invalid_loan_id"), ("loan_id", None, "invalid_loan_id"), ("loan_id", "0x1F", "invalid_loan_id"),
+    ("loan_id", "7.0", "invalid_loan_id"), ("loan_id", "99999999999999999999", "invalid_loan_id"),
+    ("loan_date", "2020-02-30", "invalid_loan_date"), ("loan_date", "2021-02-29", "invalid_loan_date"),
+    ("loan_date", "2020-1-05", "invalid_loan_date"), ("loan_date", "0000-01-01", "invalid_loan_date"),
+    ("loan_date", "20200105", "invalid_loan_date"), ("loan_date", "yesterday", "invalid_loan_date"),
+    ("loan_date", "2020-06-31", "invalid_loan_date"), ("loan_date", "", "invalid_loan_date"),
+    ("loan_amount", "abc", "invalid_loan_amount"), ("loan_amount", "0", "invalid_loan_amount"),
+    ("loan_amount", "-0.0", "invalid_loan_amount"), ("loan_amount", "-1.5", "invalid_loan_amount"),
+    ("loan_amount", "NaN", "invalid_loan_amount"), ("loan_amount", "Infinity", "invalid_loan_amount"),
+    ("loan_amount", "1e400", "invalid_loan_amount"), ("loan_amount", "1,000", "invalid_loan_amount"),
+    ("loan_amount", "1,000.50", "invalid_loan_amount"), ("loan_amount", "1_000", "invalid_loan_amount"),
+    ("loan_amount", "12.5d", "invalid_loan_amount"), ("loan_amount", "12.5.1", "invalid_loan_amount"),
+    ("loan_amount", "", "invalid_loan_amount"),
+    ("status", "2", "invalid_status"), ("status", "0.0", "invalid_status"), ("status", "yes", "invalid_status"),
+    ("status", "01", "invalid_status"), ("status", "-1", "invalid_status"), ("status", "true", "invalid_status"),
+    ("loan_date", "2021-01-01", "future_loan_date"),
+    ("status", "", None), ("loan_date", "2020-12-31", None), ("id", "007", None), ("loan_amount", "1e-3", None),
+]  # fmt: skip
+
+
+def test_validate_rejects_with_the_reason(spark: SparkSession) -> None:
+    rows = [{**loan(i, i, "2020-02-01"), column: value} for i, (column, value, _) in enumerate(REJECT_CASES, start=1)]
+    result = checked(spark, *rows, as_of=AS_OF).select("loan_id", "loan_date", "reason")
+    assertDataFrameEqual(
+        result,
+        spark.createDataFrame(
+            [(r["loan_id"], r["loan_date"] or None, why) for r, (_, _, why) in zip(rows, REJECT_CASES, strict=True)],
+            "loan_id string, loan_date string, reason string",
+        ),
+    )
+
+
+# A fault per reason, spelled here independently of the generator's.
+FAULTS = {
+    "invalid_id": {"id": "x"},
+    "invalid_loan_id": {"loan_id": "-3"},
+    "invalid_loan_date": {"loan_date": "2020-13-01"},
+    "invalid_loan_amount": {"loan_amount": "-1"},
+    "invalid_status": {"status": "7"},
+    "future_loan_date": {"loan_date": "2021-06-30"},
+}
+ORDER = list(FAULTS)  # the contract's order
+
+
+def test_validate_the_first_reason_wins_for_every_pair_of_faults(spark: SparkSession) -> None:
+    pairs = [(a, b) for a, b in itertools.combinations(ORDER, 2) if FAULTS[a].keys().isdisjoint(FAULTS[b])]
+    rows = [{**loan(100 + i, 100 + i, "2020-02-01"), **FAULTS[b], **FAULTS[a]} for i, (a, b) in enumerate(pairs)]
+    result = checked(spark, *rows, as_of=AS_OF).select("id", "loan_id", "reason")
+    expected = [(r["id"], r["loan_id"], a) for r, (a, _) in zip(rows, pairs, strict=True)]
+    assertDataFrameEqual(result, spark.createDataFrame(expected, "id string, loan_id string, reason string"))
+    assert len(pairs) == 14  # every pair but the two faults of loan_date
+
+
+def test_validate_a_row_rejected_for_an_earlier_reason_still_counts_toward_duplicate_loan_id(
+    spark: SparkSession,
 ) -> None:
-    result = features(spark, loan(1, 1, loan_date, birthday=birthday, job_start_date=job_start))
+    rows = [loan(1, 1, "2020-01-01"), {**loan(1, "x", "2020-01-01")},  # invalid_id shares loan_id 1
+            loan(2, 2, "2020-01-01"), {**loan(2, 2, "2020-01-01"), "status": "9"},  # invalid_status shares 2
+            loan(3, 3, "2020-01-01"), {**loan(3, 3, "2021-03-01")}]  # future (with --as-of) shares 3  # fmt: skip
+    result = checked(spark, *rows, as_of=AS_OF).select("id", "loan_id", "reason")
     assertDataFrameEqual(
-        result.select("age", "years_on_the_job"),
-        spark.createDataFrame([(age, years)], "age int, years_on_the_job int"),
+        result,
+        spark.createDataFrame(
+            [("1", "1", "duplicate_loan_id"), ("x", "1", "invalid_id"), ("2", "2", "duplicate_loan_id"),
+             ("2", "2", "invalid_status"), ("3", "3", "duplicate_loan_id"), ("3", "3", "future_loan_date")],
+            "id string, loan_id string, reason string",
+        ),
+    )  # fmt: skip
+
+
+def test_validate_a_malformed_record_is_first_and_never_shares_a_loan_id(spark: SparkSession) -> None:
+    malformed = {**{c: None for c in RAW_COLUMNS}, "raw_record": "1,2,3"}
+    result = checked(spark, loan(1, 1, "2020-01-01"), malformed).select("loan_id", "reason", "raw_record")
+    assertDataFrameEqual(
+        result,
+        spark.createDataFrame(
+            [("1", None, None), (None, "malformed_record", "1,2,3")], "loan_id string, reason string, raw_record string"
+        ),
     )
 
 
-@pytest.mark.parametrize(
-    ("flag", "value"), [("Y", 1), ("y", 1), (" N ", 0), ("n", 0), (None, None), ("", None), ("X", None)]
-)
-def test_features_flag_own_car(spark: SparkSession, flag: str | None, value: int | None) -> None:
-    result = features(spark, loan(1, 1, "2020-01-01", flag_own_car=flag))
-    assertDataFrameEqual(result.select("flag_own_car"), spark.createDataFrame([(value,)], "flag_own_car int"))
+AMOUNT_CASES = [("1e3", 1000.0), ("+12.5", 12.5), (".5", 0.5), (" 118.25 ", 118.25), ("100", 100.0), ("5.", 5.0)]
 
 
-@pytest.mark.parametrize(
-    ("column", "value", "reason"),
-    [
-        ("id", "abc", "invalid_id"),
-        ("id", "0", "invalid_id"),
-        ("id", "-5", "invalid_id"),
-        ("id", "12.0", "invalid_id"),
-        ("id", "9223372036854775808", "invalid_id"),
-        ("id", "", "invalid_id"),
-        ("loan_id", "1e3", "invalid_loan_id"),
-        ("loan_id", None, "invalid_loan_id"),
-        ("loan_date", "2020-02-30", "invalid_loan_date"),
-        ("loan_date", "2021-02-29", "invalid_loan_date"),
-        ("loan_date", "2020-1-05", "invalid_loan_date"),
-        ("loan_date", "0000-01-01", "invalid_loan_date"),
-        ("loan_date", "20200105", "invalid_loan_date"),
-        ("loan_amount", "abc", "invalid_loan_amount"),
-        ("loan_amount", "0", "invalid_loan_amount"),
-        ("loan_amount", "-1.5", "invalid_loan_amount"),
-        ("loan_amount", "NaN", "invalid_loan_amount"),
-        ("loan_amount", "Infinity", "invalid_loan_amount"),
-        ("loan_amount", "1e400", "invalid_loan_amount"),
-        ("loan_amount", "1,000", "invalid_loan_amount"),
-        ("loan_amount", "1_000", "invalid_loan_amount"),
-        ("loan_amount", "12.5d", "invalid_loan_amount"),
-        ("status", "2", "invalid_status"),
-        ("status", "0.0", "invalid_status"),
-        ("status", "yes", "invalid_status"),
-        ("loan_date", "2021-01-02", "future_loan_date"),
-    ],
-)
-def test_validate_rejects_with_reason(spark: SparkSession, column: str, value: str | None, reason: str) -> None:
-    good = loan(1, 1, "2020-01-01")
-    bad = {**loan(2, 1, "2020-02-01"), column: value}
-    result = checked(spark, good, bad, as_of=dt.date(2020, 12, 31))
+def test_validate_accepts_plain_decimal_amounts(spark: SparkSession) -> None:
+    rows = [loan(i, i, "2020-01-01", amount) for i, (amount, _) in enumerate(AMOUNT_CASES, start=1)]
     assertDataFrameEqual(
-        result.select("loan_id", "reason"),
-        spark.createDataFrame([("1", None), (bad["loan_id"], reason)], "loan_id string, reason string"),
+        checked(spark, *rows).select("_loan_id", "_loan_amount", "reason"),
+        spark.createDataFrame(
+            [(i, kept, None) for i, (_, kept) in enumerate(AMOUNT_CASES, start=1)],
+            "_loan_id long, _loan_amount double, reason string",
+        ),
     )
-
-
-@pytest.mark.parametrize(
-    ("amount", "kept"), [("1e3", 1000.0), ("+12.5", 12.5), (".5", 0.5), (" 118.25 ", 118.25), ("100", 100.0)]
-)
-def test_validate_accepts_plain_decimal_amounts(spark: SparkSession, amount: str, kept: float) -> None:
-    result = checked(spark, loan(1, 1, "2020-01-01", amount))
-    assertDataFrameEqual(
-        result.select("_loan_amount", "reason"),
-        spark.createDataFrame([(kept, None)], "_loan_amount double, reason string"),
-    )
-
-
-def test_validate_first_reason_that_applies_wins(spark: SparkSession) -> None:
-    row = loan("x", "y", "bad", "-1", status="7")
-    result = checked(spark, row)
-    assert [r.reason for r in result.collect()] == ["invalid_id"]
 
 
 def test_validate_future_dates_only_rejected_with_as_of(spark: SparkSession) -> None:
     rows = (loan(1, 1, "2021-01-01"), loan(2, 1, "2020-12-31"))
     assertDataFrameEqual(
-        checked(spark, *rows, as_of=dt.date(2020, 12, 31)).select("loan_id", "reason"),
+        checked(spark, *rows, as_of=AS_OF).select("loan_id", "reason"),
         spark.createDataFrame([("1", "future_loan_date"), ("2", None)], "loan_id string, reason string"),
     )
-    assert checked(spark, *rows).where(F.col("reason").isNotNull()).count() == 0
+    assertDataFrameEqual(
+        checked(spark, *rows).select("loan_id", "reason"),
+        spark.createDataFrame([("1", None), ("2", None)], "loan_id string, reason string"),
+    )
 
 
 def test_exact_duplicates_are_one_row_and_counted(spark: SparkSession) -> None:
@@ -239,40 +307,32 @@ def test_conflicting_loan_ids_are_all_rejected_and_left_out_of_features(spark: S
     )
 
 
-def test_features_empty_status_is_kept_as_null(spark: SparkSession) -> None:
-    result = features(spark, loan(1, 1, "2020-01-01", status=""), loan(2, 1, "2020-01-02", status="1"))
-    assertDataFrameEqual(
-        result.select("loan_id", "status"), spark.createDataFrame([(1, None), (2, 1)], "loan_id long, status int")
-    )
-
-
-def test_features_client_ids_written_differently_are_one_client(spark: SparkSession) -> None:
-    result = features(spark, loan(1, "0042", "2020-01-01", "10.0"), loan(2, " 42", "2020-01-02", "30.0"))
-    assertDataFrameEqual(
-        result.select("id", "nb_previous_loans", "avg_amount_loans_previous"),
-        spark.createDataFrame(
-            [(42, 0, None), (42, 1, 10.0)], "id long, nb_previous_loans int, avg_amount_loans_previous double"
-        ),
-    )
-
-
-def test_features_null_reasons_are_recorded(spark: SparkSession) -> None:
-    accepted = checked(
+def test_features_empty_status_client_ids_written_differently_and_null_reasons(spark: SparkSession) -> None:
+    result = featured(
         spark,
-        loan(1, 1, "2020-01-01", birthday=None, job_start_date="3021-09-18", flag_own_car="X"),
-        loan(2, 1, "2020-01-02", birthday="2021-01-01", job_start_date="1980-01-01", flag_own_car=None),
-    ).where(F.col("reason").isNull())
-    result = fj.add_features(accepted).select(
-        "loan_id", "_null_avg_amount_loans_previous", "_null_age", "_null_years_on_the_job", "_null_flag_own_car"
-    )
+        loan(1, "0042", "2020-01-01", "10.0", status="", birthday=None, job_start_date="3021-09-18", flag_own_car="X"),
+        loan(2, " 42", "2020-01-02", "30.0", status="1", birthday="2021-01-01", job_start_date="1980-01-01",
+             flag_own_car=None),
+    )  # fmt: skip
     assertDataFrameEqual(
-        result,
+        result.select("loan_id", "id", "status", "nb_previous_loans", "avg_amount_loans_previous",
+                      "_null_avg_amount_loans_previous", "_null_age", "_null_years_on_the_job", "_null_flag_own_car"),
         spark.createDataFrame(
             [
-                (1, "first_loan", "birthday_missing", "job_start_after_loan_date", "flag_own_car_invalid"),
-                (2, None, "birthday_after_loan_date", "job_start_before_birthday", "flag_own_car_missing"),
+                (1, 42, None, 0, None, "first_loan", "birthday_missing", "job_start_after_loan_date",
+                 "flag_own_car_invalid"),
+                (2, 42, 1, 1, 10.0, None, "birthday_after_loan_date", "job_start_before_birthday",
+                 "flag_own_car_missing"),
             ],
-            "loan_id long, _null_avg_amount_loans_previous string, _null_age string, "
-            "_null_years_on_the_job string, _null_flag_own_car string",
+            "loan_id long, id long, status int, nb_previous_loans int, avg_amount_loans_previous double, "
+            "_null_avg_amount_loans_previous string, _null_age string, _null_years_on_the_job string, "
+            "_null_flag_own_car string",
         ),
-    )
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("as_of", [None, AS_OF])
+def test_validate_keeps_every_row_once(spark: SparkSession, as_of: dt.date | None) -> None:
+    """Validation adds a reason; it never drops or repeats a distinct row."""
+    rows = [{**loan(i, i, "2020-02-01"), column: value} for i, (column, value, _) in enumerate(REJECT_CASES, start=1)]
+    assert checked(spark, *rows, as_of=as_of).count() == len(rows)

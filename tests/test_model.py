@@ -1,211 +1,281 @@
-"""Training, the model card and the registry, on small synthetic features (fast) and on the job's output."""
+"""Training, the model card and the registry, checked against what is computed here independently.
+
+The session's model (`model_run`: 600 synthetic clients, trained up to 2019-12-31) is trained once;
+what the card claims is recomputed from the saved split and held-out scores with scikit-learn's
+metrics or by brute force, never with the pipeline's own parts.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import io
 import json
-import os
+import math
+import shutil
 import subprocess
+from fractions import Fraction
 from pathlib import Path
 
 import joblib
 import numpy as np
 import pandas as pd
 import pytest
-from imblearn.over_sampling import SMOTE
+from sklearn import metrics as skm
 
-from conf import load_settings
-from conf.settings import ModelSettings
 from contract import FEATURE_NAMES
+from credit.commands import main
 from model import registry
 from model import train as tr
-from model.data import fingerprint, load_features
+from model.data import FeaturesError, fingerprint, load_features
+from model.portable import PortableModel
+from tests.conftest import MODEL_SETTINGS, TRAINED_UNTIL, Dirty, ModelRun
+from tests.helpers import ROOT, clean_env
 from tests.synthetic import synthetic_features
 
-ROOT = Path(__file__).resolve().parent.parent
-MODEL_SETTINGS = load_settings(env={}).model
-SETTINGS = dataclasses.replace(
-    MODEL_SETTINGS,
-    classifier=dataclasses.replace(MODEL_SETTINGS.classifier, n_estimators=12, max_depth=4, min_samples_leaf=5),
-)
+
+def saved(run: ModelRun, name: str) -> pd.DataFrame:
+    return pd.read_csv(run.models / run.version / name, float_precision="round_trip")
 
 
-@pytest.fixture(scope="module")
-def features(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return synthetic_features(tmp_path_factory.mktemp("features") / "features")
+def parts(run: ModelRun) -> dict[str, pd.DataFrame]:
+    """The training, validation and test rows, as the saved split says."""
+    split = saved(run, "split.csv")
+    return {name: run.data.frame[run.data.frame["id"].isin(split.loc[split["part"] == name, "id"])]
+            for name in ("training", "validation", "test")}  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def trained(features: Path) -> tr.TrainResult:
-    return tr.train(SETTINGS, load_features(features))
+def test_split_puts_each_client_in_one_part(model_run: ModelRun) -> None:
+    split = saved(model_run, "split.csv")
+    assert split["id"].is_unique and set(split["id"]) == set(model_run.data.frame["id"])
+    counts = split["part"].value_counts().to_dict()
+    clients = len(split)
+    assert counts["test"] == math.ceil(clients * 0.2)
+    assert counts["validation"] == math.ceil((clients - counts["test"]) * 0.2)
+    rows = {name: len(frame) for name, frame in parts(model_run).items()}
+    assert sum(rows.values()) == len(model_run.data.frame)
+    assert model_run.result.card["split"] == {
+        "rule": "by client (GroupShuffleSplit on id): no client in two parts",
+        **{name: {"rows": rows[name], "clients": counts[name]} for name in ("training", "validation", "test")},
+    }
 
 
-def test_split_by_client_puts_each_client_on_one_side(features: Path) -> None:
-    frame = load_features(features).frame
-    left, right = tr.split_by_client(frame, 0.2, seed=3)
-    assert set(left["id"]).isdisjoint(set(right["id"]))
-    assert len(left) + len(right) == len(frame)
-    assert 0.1 < right["id"].nunique() / frame["id"].nunique() < 0.3
-
-
-def test_smote_is_fitted_on_training_clients_only(features: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: list[np.ndarray] = []
-    original = SMOTE.fit_resample
-
-    def recording(self: SMOTE, x: np.ndarray, y: np.ndarray, **kw: object) -> tuple:
-        seen.append(np.asarray(x).copy())
-        return original(self, x, y, **kw)
-
-    monkeypatch.setattr(SMOTE, "fit_resample", recording)
-    data = load_features(features)
-    result = tr.train(SETTINGS, data, leaky=False)
-    rest, test = tr.split_by_client(data.frame, SETTINGS.test_clients, SETTINGS.seed)
-    fit_part, validation = tr.split_by_client(rest, SETTINGS.validation_clients, SETTINGS.seed)
-    assert len(seen) == 1
-    expected = result.pipeline.named_steps["impute"].transform(fit_part[list(FEATURE_NAMES)])
+def test_smote_is_fitted_on_the_training_rows_only_after_imputation(model_run: ModelRun) -> None:
+    """SMOTE saw exactly the training rows, imputed by the contract's rules computed here."""
+    assert len(model_run.smote_inputs) == 2  # the honest fit, then the leaky comparison's
+    training = parts(model_run)["training"][list(FEATURE_NAMES)]
+    medians = training.median()
+    mode = training["flag_own_car"].value_counts().sort_index().idxmax()  # ties: the smallest value
+    expected = np.column_stack([
+        training["nb_previous_loans"].fillna(medians["nb_previous_loans"]),
+        training["avg_amount_loans_previous"].fillna(0.0),
+        training["age"].fillna(medians["age"]),
+        training["years_on_the_job"].fillna(0.0),
+        training["years_on_the_job"].isna().astype(float),  # the 'missing' indicator
+        training["flag_own_car"].fillna(mode),
+    ])  # fmt: skip
 
     def rows(matrix: np.ndarray) -> np.ndarray:
         return matrix[np.lexsort(matrix.T[::-1])]
 
-    assert seen[0].shape == expected.shape
-    np.testing.assert_array_equal(rows(seen[0]), rows(np.asarray(expected)))
-    assert len(seen[0]) < len(data.frame) - len(test) - len(validation) + 1
+    np.testing.assert_array_equal(rows(model_run.smote_inputs[0]), rows(expected))
 
 
-def test_no_identifier_is_a_feature(trained: tr.TrainResult) -> None:
-    assert trained.card["features"] == list(FEATURE_NAMES)
-    names = list(trained.pipeline.feature_names_in_)
-    assert names == list(FEATURE_NAMES) and "id" not in names and "loan_id" not in names
-    assert "id" in trained.card["leaky_protocol"]["features"]  # only the leaky comparison uses it
+def test_no_identifier_is_a_feature(model_run: ModelRun) -> None:
+    card = model_run.result.card
+    assert card["features"] == list(FEATURE_NAMES)
+    assert list(model_run.result.pipeline.feature_names_in_) == list(FEATURE_NAMES)
+    assert card["leaky_protocol"]["features"] == ["id", *FEATURE_NAMES]  # only the leaky comparison uses it
 
 
-def test_train_writes_card_model_and_plots(trained: tr.TrainResult, features: Path, tmp_path: Path) -> None:
-    version = registry.save(tmp_path, trained.pipeline, trained.card, trained.plots())
-    folder = tmp_path / version
+def test_card_metrics_recomputed_from_the_saved_held_out_scores(model_run: ModelRun) -> None:
+    card = json.loads((model_run.models / model_run.version / "model_card.json").read_text())
+    held_out = saved(model_run, "held_out.csv")
+    test = parts(model_run)["test"]
+    assert len(held_out) == len(test) and set(held_out["id"]) == set(test["id"])
+    labels, scores = held_out["status"].to_numpy(), held_out["score"].to_numpy()
+    threshold = card["threshold"]["value"]
+    predicted = (scores >= threshold).astype(int)
+    tn, fp, fn, tp = skm.confusion_matrix(labels, predicted).ravel()
+    assert card["metrics"] == {
+        "roc_auc": skm.roc_auc_score(labels, scores),
+        "average_precision": skm.average_precision_score(labels, scores),
+        "precision": tp / (tp + fp), "recall": tp / (tp + fn), "f1": 2 * tp / (2 * tp + fp + fn),
+        "confusion_matrix": {"tn": tn, "fp": fp, "fn": fn, "tp": tp},
+        "base_rate": labels.mean(), "rows": len(labels),
+    }  # fmt: skip
+    # The held-out scores are the model's own: scoring the test rows again gives them exactly.
+    rescored = model_run.result.pipeline.predict_proba(test[list(FEATURE_NAMES)])[:, 1]
+    assert sorted(rescored.tolist()) == sorted(scores.tolist())
+
+
+def test_threshold_maximises_f1_on_the_validation_clients(model_run: ModelRun) -> None:
+    validation = parts(model_run)["validation"]
+    labels = validation["status"].to_numpy()
+    scores = model_run.result.pipeline.predict_proba(validation[list(FEATURE_NAMES)])[:, 1]
+
+    def f1(threshold: float) -> Fraction:  # exact, so that ties are ties
+        predicted = scores >= threshold
+        tp, fp = int((predicted & (labels == 1)).sum()), int((predicted & (labels == 0)).sum())
+        fn = int((~predicted & (labels == 1)).sum())
+        return Fraction(2 * tp, 2 * tp + fp + fn)
+
+    candidates = np.unique(scores)
+    best = max(f1(t) for t in candidates)
+    winners = [t for t in candidates if f1(t) == best]
+    threshold = model_run.result.card["threshold"]
+    assert threshold["value"] == min(winners)
+    assert threshold["rule"] == "the threshold that maximises F1 on the validation clients (ties: the lowest)"
+
+
+def test_saved_version_holds_card_model_and_plots_and_reloads_to_the_same_scores(model_run: ModelRun) -> None:
+    folder = model_run.models / model_run.version
     card = json.loads((folder / "model_card.json").read_text())
-    for key in ("version", "created_at", "training_data", "features", "parameters", "library_versions",
-                "threshold", "split", "metrics", "imputation", "leaky_protocol"):  # fmt: skip
-        assert key in card, key
-    assert card["version"] == version and registry.VERSION.match(version)
-    assert card["training_data"]["location"] == str(features)
-    assert card["training_data"]["fingerprint"] == fingerprint(features)
-    assert set(card["metrics"]) >= {"roc_auc", "average_precision", "precision", "recall", "f1",
-                                    "confusion_matrix", "base_rate"}  # fmt: skip
-    assert sum(card["metrics"]["confusion_matrix"].values()) == card["split"]["test"]["rows"]
-    assert 0 < card["threshold"]["value"] < 1 and "F1" in card["threshold"]["rule"]
-    assert card["library_versions"]["scikit-learn"]
+    assert card["version"] == model_run.version and registry.VERSION.match(model_run.version)
+    assert card["training_data"] == {
+        "location": str(model_run.features), "fingerprint": fingerprint(model_run.features),
+        "until": TRAINED_UNTIL.isoformat(), "rows": len(model_run.data.frame),
+        "clients": model_run.data.frame["id"].nunique(),
+        "first_loan_date": min(model_run.data.frame["loan_date"]).isoformat(),
+        "last_loan_date": max(model_run.data.frame["loan_date"]).isoformat(),
+    }  # fmt: skip
+    assert (
+        max(model_run.data.frame["loan_date"])
+        <= TRAINED_UNTIL
+        < max(load_features(model_run.features).frame["loan_date"])
+    )
+    assert card["imputation"]["years_on_the_job"]["rule"] == "constant 0, plus a 'missing' indicator"
+    assert card["parameters"]["classifier"]["n_estimators"] == MODEL_SETTINGS.classifier.n_estimators
+    hashes = {name: registry.sha256_of(folder / name) for name in ("model.joblib", "model.onnx")}
+    assert card["artifact"] == {"file": "model.joblib", "sha256": hashes["model.joblib"],
+                                "portable_file": "model.onnx", "portable_sha256": hashes["model.onnx"]}  # fmt: skip
+    assert card["library_versions"]["scikit-learn"] and card["created_at"]
     for plot in ("roc.png", "pr.png"):
         assert (folder / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    model = joblib.load(folder / "model.joblib")
-    sample = load_features(features).frame[card["features"]].head(50)
-    scores = model.predict_proba(sample)[:, 1]
-    assert scores.shape == (50,) and ((scores >= 0) & (scores <= 1)).all()
+    sample = model_run.data.frame[card["features"]].head(200)
+    reloaded = joblib.load(folder / "model.joblib").predict_proba(sample)
+    np.testing.assert_array_equal(reloaded, model_run.result.pipeline.predict_proba(sample))
+    # The ONNX model scores as scikit-learn does, to far better than 1e-5 (the card says how close).
+    rows = [{k: None if v != v else v for k, v in row.items()} for row in sample.to_dict("records")]
+    onnx = PortableModel((folder / "model.onnx").read_bytes(), card["features"]).scores(rows)
+    difference = np.max(np.abs(np.asarray(onnx) - reloaded[:, 1]))
+    assert (
+        difference < 1e-5 and card["portable"]["max_score_difference"] < 1e-5 and card["portable"]["format"] == "ONNX"
+    )
 
 
-def test_train_same_data_and_seed_same_metrics(features: Path, trained: tr.TrainResult) -> None:
-    again = tr.train(SETTINGS, load_features(features))
-    assert again.card["metrics"] == trained.card["metrics"]
-    assert again.card["threshold"] == trained.card["threshold"]
-    assert again.card["leaky_protocol"] == trained.card["leaky_protocol"]
-    other = tr.train(dataclasses.replace(SETTINGS, seed=7), load_features(features), leaky=False)
-    assert other.card["split"] != trained.card["split"]
+def test_train_same_data_and_seed_same_card(model_run: ModelRun) -> None:
+    again = tr.train(MODEL_SETTINGS, model_run.data)
+    for key in ("metrics", "threshold", "split", "leaky_protocol", "drift_reference"):
+        assert again.card[key] == model_run.result.card[key], key
+    other = tr.split_by_client(model_run.data.frame, 0.2, seed=7)[1]
+    assert set(other["id"]) != set(parts(model_run)["test"]["id"])  # another seed, other clients held out
 
 
-def test_honest_protocol_learns_something_and_leaky_claims_more(trained: tr.TrainResult) -> None:
-    honest, leaky = trained.card["metrics"], trained.card["leaky_protocol"]
+def test_honest_protocol_learns_something_and_leaky_claims_more(model_run: ModelRun) -> None:
+    honest, leaky = model_run.result.card["metrics"], model_run.result.card["leaky_protocol"]
     assert honest["roc_auc"] > 0.6
-    assert leaky["roc_auc"] > honest["roc_auc"]
-
-
-def test_until_keeps_loans_up_to_the_date(features: Path) -> None:
-    until = dt.date(2019, 12, 31)
-    data = load_features(features, until)
-    assert max(data.frame["loan_date"]) <= until < max(load_features(features).frame["loan_date"])
-    card = tr.train(SETTINGS, data, leaky=False).card
-    assert card["training_data"]["until"] == "2019-12-31"
-    assert card["training_data"]["last_loan_date"] <= "2019-12-31"
+    assert leaky["roc_auc"] > honest["roc_auc"] + 0.1
 
 
 def test_features_missing_or_corrupt_are_clear_errors(tmp_path: Path) -> None:
-    with pytest.raises(tr.FeaturesError, match=r"no features at .*nowhere"):
+    with pytest.raises(FeaturesError, match=r"no features at .*nowhere"):
         load_features(tmp_path / "nowhere")
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
     (corrupt / "part-0.parquet").write_bytes(b"not parquet at all")
-    with pytest.raises(tr.FeaturesError, match="cannot read features at"):
+    with pytest.raises(FeaturesError, match="cannot read features at"):
         load_features(corrupt)
-    with pytest.raises(tr.FeaturesError, match="no labelled loans"):
+    with pytest.raises(FeaturesError, match="no labelled loans"):
         load_features(synthetic_features(tmp_path / "f", clients=20), dt.date(2000, 1, 1))
 
 
-def test_approve_rollback_and_listing(trained: tr.TrainResult, tmp_path: Path) -> None:
-    first = registry.save(tmp_path, trained.pipeline, trained.card, trained.plots())
-    second = registry.save(tmp_path, trained.pipeline, trained.card, trained.plots())
-    assert registry.versions(tmp_path) == [first, second]
-    with pytest.raises(registry.RegistryError, match="no approved model"):
-        registry.load_approved(tmp_path)
-    registry.approve(tmp_path, first, by="alice")
-    registry.approve(tmp_path, second, by="bob")
-    assert registry.load_approved(tmp_path)[1]["version"] == second
-    record = registry.approve(tmp_path, first, by="alice")  # the rollback
-    assert record["version"] == first
-    assert [h["version"] for h in record["history"]] == [first, second, first]
-    assert registry.load_approved(tmp_path)[1]["version"] == first
-    listing = registry.table(tmp_path).splitlines()
-    assert [line.split()[:2] for line in listing[1:]] == [[first, "APPROVED"], [second, "candidate"]]
+@pytest.fixture
+def registry_copy(model_run: ModelRun, tmp_path: Path) -> Path:
+    """A copy of the session's registry, free to change."""
+    models = tmp_path / "models"
+    shutil.copytree(model_run.models, models)
+    return models
 
 
-def test_unknown_or_damaged_version_is_refused(trained: tr.TrainResult, tmp_path: Path) -> None:
-    version = registry.save(tmp_path, trained.pipeline, trained.card, trained.plots())
-    with pytest.raises(registry.RegistryError, match=f"unknown model version '20990101T000000Z'.*{version}"):
-        registry.approve(tmp_path, "20990101T000000Z")
-    (tmp_path / version / "model.joblib").write_bytes(b"garbage")
+def test_approve_rollback_and_listing(model_run: ModelRun, registry_copy: Path) -> None:
+    result = model_run.result
+    second = registry.save(registry_copy, result.pipeline, result.card, result.files())
+    assert registry.versions(registry_copy) == [model_run.version, second]
+    registry.approve(registry_copy, second, by="bob")
+    assert registry.load_approved(registry_copy)[1]["version"] == second
+    record = registry.approve(registry_copy, model_run.version, by="alice")  # the rollback
+    assert [h["version"] for h in record["history"]] == [model_run.version, second, model_run.version]
+    assert [h["approved_by"] for h in record["history"]] == ["tests", "bob", "alice"]
+    assert record["sha256"] == registry.sha256_of(registry_copy / model_run.version / "model.joblib")
+    listing = registry.table(registry_copy).splitlines()
+    assert [line.split()[:2] for line in listing[1:]] == [[model_run.version, "APPROVED"], [second, "candidate"]]
+
+
+def test_a_model_file_changed_after_approval_is_never_loaded(model_run: ModelRun, registry_copy: Path) -> None:
+    model = registry_copy / model_run.version / "model.joblib"
+    other = io.BytesIO()
+    joblib.dump({"not": "the approved model"}, other)  # loads fine: only the hash tells it apart
+    model.write_bytes(other.getvalue())
+    with pytest.raises(registry.RegistryError, match=r"model\.joblib has SHA-256 \w+, but its model card records"):
+        registry.load_approved(registry_copy)
+    with pytest.raises(registry.RegistryError, match="but its model card records"):
+        registry.approve(registry_copy, model_run.version)
+    # A card edited to match the new file still disagrees with what was approved.
+    card_path = registry_copy / model_run.version / "model_card.json"
+    card = json.loads(card_path.read_text())
+    card["artifact"]["sha256"] = registry.sha256_of(model)
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(registry.RegistryError, match=r"but approved\.json records"):
+        registry.load_approved(registry_copy)
+
+
+def test_unknown_or_damaged_version_is_refused(model_run: ModelRun, registry_copy: Path) -> None:
+    with pytest.raises(registry.RegistryError, match=f"unknown model version '20990101T000000Z'.*{model_run.version}"):
+        registry.approve(registry_copy, "20990101T000000Z")
+    card_path = registry_copy / model_run.version / "model_card.json"
+    card = json.loads(card_path.read_text())
+    (registry_copy / model_run.version / "model.joblib").write_bytes(b"garbage")
+    card["artifact"]["sha256"] = registry.sha256_of(registry_copy / model_run.version / "model.joblib")
+    card_path.write_text(json.dumps(card))
     with pytest.raises(registry.RegistryError, match="does not load"):
-        registry.approve(tmp_path, version)
-    assert registry.approved(tmp_path) is None
+        registry.approve(registry_copy, model_run.version)
 
 
 @pytest.mark.slow
-def test_commands_train_approve_and_list(features: Path, tmp_path: Path) -> None:
-    env = {**os.environ, "CREDIT_MODEL_CLASSIFIER_N_ESTIMATORS": "10", "CREDIT_MODEL_CLASSIFIER_MAX_DEPTH": "4"}
+def test_commands_train_approve_and_list(
+    model_run: ModelRun, tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    env = clean_env(CREDIT_MODEL_CLASSIFIER_N_ESTIMATORS="10", CREDIT_MODEL_CLASSIFIER_MAX_DEPTH="4")
     models = tmp_path / "models"
-
-    def command(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["./spark-submit.sh", *args], cwd=ROOT, env=env, capture_output=True, text=True)
-
-    done = command("train", "--features", str(features), "--models", str(models), "--until", "2020-06-30")
+    args = ["train", "--features", str(model_run.features), "--models", str(models), "--until", "2020-06-30"]
+    done = subprocess.run(["./spark-submit.sh", *args], cwd=ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    version = done.stdout.strip().splitlines()[-1]
-    assert (models / version / "model_card.json").is_file()
-    assert command("approve", version, "--models", str(models)).returncode == 0
-    listing = command("models", "--models", str(models)).stdout
+    version = done.stdout.strip()  # the version alone on stdout
+    assert done.stdout == f"{version}\n"
+    card = json.loads((models / version / "model_card.json").read_text())
+    assert card["parameters"]["classifier"]["n_estimators"] == 10 and card["training_data"]["until"] == "2020-06-30"
+    # The rest through the command line in this process (what ./spark-submit.sh runs).
+    capsys.readouterr()
+    assert main(["approve", version, "--models", str(models)]) == 0
+    assert capsys.readouterr().out == f"approved {version}\n"
+    assert main(["models", "--models", str(models)]) == 0
+    listing = capsys.readouterr().out
     assert f"{version}     APPROVED" in listing and "2020-06-30" in listing
-    refused = command("approve", "nope", "--models", str(models))
-    assert refused.returncode == 2 and "unknown model version 'nope'" in refused.stderr
-    missing = command("train", "--features", str(tmp_path / "none"), "--models", str(models))
-    assert missing.returncode == 2 and "no features at" in missing.stderr and "Traceback" not in missing.stderr
+    assert main(["approve", "nope", "--models", str(models)]) == 2 and "unknown model version 'nope'" in caplog.text
+    assert main(["train", "--features", str(tmp_path / "none"), "--models", str(models)]) == 2
+    assert "no features at" in caplog.text
 
 
-def test_train_on_the_feature_jobs_output(spark: object, tmp_path: Path) -> None:
-    from datagen.generate import write_csv
-    from spark_jobs import features as fj
-
-    source = tmp_path / "loans.csv"
-    write_csv(source, clients=600, seed=3, dirty=True)
-    fj.run(spark, fj.FeatureJobArgs(str(source), str(tmp_path / "out"), dt.date(2020, 12, 31)))  # type: ignore[arg-type]
-    data = load_features(tmp_path / "out" / "features")
-    assert len(data.frame) > 10000 and set(pd.unique(data.frame["status"])) == {0, 1}
-    result = tr.train(
-        dataclasses.replace(SETTINGS, classifier=dataclasses.replace(SETTINGS.classifier, n_estimators=20)),
-        data,
-        leaky=False,
-    )
-    assert result.card["training_data"]["clients"] == 600
-    assert 0 <= result.card["metrics"]["roc_auc"] <= 1
+def test_train_on_the_feature_jobs_output(dirty: Dirty) -> None:
+    data = load_features(dirty.out / "features")
+    labelled = sum(1 for f in dirty.truth.features.values() if f[8] is not None)
+    assert len(data.frame) == labelled and set(pd.unique(data.frame["status"])) == {0, 1}
+    result = tr.train(MODEL_SETTINGS, data, leaky=False)
+    assert result.card["training_data"]["clients"] == dirty.report["clients"]
+    assert result.card["metrics"]["rows"] == result.card["split"]["test"]["rows"] > 0
 
 
 def test_model_settings_reject_bad_shares() -> None:
     with pytest.raises(ValueError, match="test_clients: expected a share between 0 and 1"):
-        dataclasses.replace(SETTINGS, test_clients=1.5)
-    assert isinstance(SETTINGS, ModelSettings)
+        dataclasses.replace(MODEL_SETTINGS, test_clients=1.5)

@@ -65,8 +65,22 @@ def test_settings_redis_url_comes_from_redis_url_first() -> None:
         ({"CREDIT_REDIS_PREFIX": "a b"}, "prefix"),
         ({"CREDIT_REDIS_EMBEDDED_PORT": "70000"}, "embedded_port"),
         ({"CREDIT_SERVICE_BATCH_LIMIT": "0"}, "batch_limit"),
+        ({"CREDIT_SERVICE_BREAKER_RETRY_SECONDS": "0"}, r"\[service\] breaker_retry_seconds: expected more than 0"),
+        ({"CREDIT_REDIS_LEASE_SECONDS": "-1"}, r"\[redis\] lease_seconds: expected more than 0"),
+        ({"CREDIT_FEATURES_MAX_RECORD_LINES": "0"}, r"\[features\] max_record_lines: expected at least 1"),
+        ({"CREDIT_MODEL_CLASSIFIER_N_ESTIMATORS": "0"}, r"\[model.classifier\] n_estimators: expected at least 1"),
+        ({"CREDIT_MODEL_CLASSIFIER_MAX_DEPTH": "deep"}, "CREDIT_MODEL_CLASSIFIER_MAX_DEPTH: expected a whole number"),
     ],
 )
 def test_settings_reject_bad_redis_and_service_values(env: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         load_settings(env=env)
+
+
+def test_settings_a_table_within_a_section_is_read_and_overridden(tmp_path: Path) -> None:
+    assert load_settings(env={}).model.classifier.n_estimators == 100
+    assert load_settings(env={"CREDIT_MODEL_CLASSIFIER_N_ESTIMATORS": "7"}).model.classifier.n_estimators == 7
+    other = tmp_path / "other.toml"
+    other.write_text(Path("conf/settings.toml").read_text().replace("max_depth = 10", "max_depth = 3\ncolour = 1"))
+    with pytest.raises(SettingsError, match=r"\[model.classifier\]: unknown key\(s\) \['colour'\]"):
+        load_settings(str(other), env={})

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
+import logging
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,11 +13,22 @@ from pathlib import Path
 import pytest
 import redis
 
+from conf import load_settings
+from credit.commands import main
 from serving import embedded
-from serving.store import Codec, NotPublished, OnlineStore, StoreError, connect
-from tests.redis_servers import TlsProxy, free_port
-
-ROOT = Path(__file__).resolve().parent.parent
+from serving.store import (
+    Codec,
+    NotPublished,
+    OnlineStore,
+    StoreError,
+    command_line_url,
+    connect,
+    has_password,
+    redacted,
+    with_password,
+)
+from tests.helpers import BIN, ROOT, clean_env
+from tests.redis_servers import RedisServer, TlsProxy, free_port
 
 
 def load(store: OnlineStore, version: str, clients: dict[int, dict], now: float | None = None) -> None:
@@ -138,16 +150,11 @@ def test_store_connect_names_an_unreachable_server_quickly() -> None:
 
 
 def test_store_connect_uses_the_password_in_the_url(redis_url: str) -> None:
-    admin = redis.Redis.from_url(redis_url)
-    admin.config_set("requirepass", "s3cret")
-    try:
-        with pytest.raises(redis.AuthenticationError):
-            connect(redis_url, 0.5, 0.5)
-        client = connect(redis_url.replace("redis://", "redis://:s3cret@"), 0.5, 0.5)
-        assert client.ping() is True
-        client.config_set("requirepass", "")
-    finally:
-        admin.close()
+    redis.Redis.from_url(redis_url).config_set("requirepass", "s3cret")  # the fixture restarts a locked server
+    with pytest.raises(redis.AuthenticationError):
+        connect(redis_url, 0.5, 0.5)
+    assert connect(redis_url.replace("redis://", "redis://:s3cret@"), 0.5, 0.5).ping() is True
+    assert connect(f"{redis_url}?password=s3cret", 0.5, 0.5).ping() is True
 
 
 def test_store_connects_over_tls_with_a_password_from_a_rediss_url(redis_url: str, tmp_path: Path) -> None:
@@ -155,7 +162,7 @@ def test_store_connects_over_tls_with_a_password_from_a_rediss_url(redis_url: st
     admin.config_set("requirepass", "s3cret")
     proxy = TlsProxy(tmp_path / "tls", admin.connection_pool.connection_kwargs["port"])
     try:
-        store = OnlineStore(connect(proxy.url("s3cret"), 0.5, 1.0), version_cache_seconds=0)
+        store = OnlineStore.from_url(proxy.url("s3cret"), 0.5, 1.0, version_cache_seconds=0)
         load(store, "v1", {7: {"age": 41, "loan_date": "2020-01-01"}})
         store.publish("v1")
         assert store.read(7) == ("v1", {"age": 41, "loan_date": "2020-01-01"})
@@ -164,60 +171,167 @@ def test_store_connects_over_tls_with_a_password_from_a_rediss_url(redis_url: st
             connect(untrusted, 0.5, 1.0)
     finally:
         proxy.close()
-        redis.Redis.from_url(redis_url, password="s3cret").config_set("requirepass", "")
         admin.close()
 
 
-def test_embedded_redis_starts_on_loopback_keeps_data_and_stops(tmp_path: Path) -> None:
-    port = free_port()
-    env = {"CREDIT_REDIS_EMBEDDED_PORT": str(port), "CREDIT_REDIS_EMBEDDED_DIR": str(tmp_path / "redis"),
-           "PATH": "/usr/bin:/bin"}  # fmt: skip
-    run = [str(Path(sys.executable).with_name("credit")), "redis"]
+@pytest.mark.parametrize(
+    ("url", "shown", "secret"),
+    [
+        ("redis://h:6379/0", "redis://h:6379/0", False),
+        ("redis://:pw1@h:6379/0", "redis://:***@h:6379/0", True),
+        ("redis://writer:pw2@h/0?ssl_ca_certs=/a/b.pem", "redis://writer:***@h/0?ssl_ca_certs=/a/b.pem", True),
+        ("redis://h:6379/0?password=pw3", "redis://h:6379/0?password=***", True),
+        ("rediss://u@h:1/0?ssl_password=pw4&db=2", "rediss://u@h:1/0?ssl_password=***&db=2", True),
+    ],
+)
+def test_store_redacts_every_form_of_password(url: str, shown: str, secret: bool) -> None:
+    assert redacted(url) == shown and "pw" not in redacted(url)
+    assert has_password(url) is secret
+    if secret:
+        with pytest.raises(argparse.ArgumentTypeError, match="anyone can read in `ps`"):
+            command_line_url(url)
+    else:
+        assert command_line_url(url) == url
+    assert with_password("redis://writer@h:6379/0", "p@ss:w/rd") == "redis://writer:p%40ss%3Aw%2Frd@h:6379/0"
+    assert connect_kwargs(with_password("redis://writer@h:6379/0", "p@ss:w/rd"))["password"] == "p@ss:w/rd"
+
+
+def connect_kwargs(url: str) -> dict:
+    return redis.ConnectionPool.from_url(url).connection_kwargs
+
+
+def test_store_a_write_error_never_echoes_the_values_it_carried(redis_url: str) -> None:
+    admin = redis.Redis.from_url(redis_url)
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.config_set("maxmemory", int(admin.info("memory")["used_memory"]) + 100_000)
+    store = OnlineStore.from_url(redis_url, version_cache_seconds=0)
+    secret_age = 987_654_321
+    rows = [(i, ["age", str(secret_age), "loan_date", "2020-01-01", "pad", "x" * 500]) for i in range(1, 2000)]
+    with pytest.raises(redis.exceptions.OutOfMemoryError) as caught:
+        store.write_encoded("v1", rows, batch_size=50)
+    assert str(caught.value) == "a pipelined command failed: command not allowed when used memory > 'maxmemory'."
+    assert str(secret_age) not in str(caught.value) and "HSET" not in str(caught.value)
+
+
+def test_store_a_dead_load_is_removed_at_once_a_running_one_never(store: OnlineStore) -> None:
+    load(store, "v1", {1: {"age": 30}})
+    store.publish("v1")
+    store.begin("dead", {"source": "test"}, lease_seconds=0.2)  # a load killed mid-way: nobody renews
+    store.write("dead", [(1, {"age": 1})])
+    store.begin("running", {"source": "test"}, lease_seconds=0.2)
+    store.write("running", [(1, {"age": 2})])
+    with store.hold_lease("running", 0.2):
+        time.sleep(0.5)  # both leases would have expired by now; the running one is renewed
+        assert store.cleanup(grace_seconds=3600) == ["dead"]
+        assert store.versions() == ["v1", "running"] and store.count_clients("dead") == 0
+    assert store.count_clients("running") == 1
+    store.complete("running", 1)  # a complete load ends its lease and follows the grace period
+    time.sleep(0.3)
+    assert store.cleanup(grace_seconds=3600) == [] and store.versions() == ["v1", "running"]
+
+
+def test_embedded_redis_is_locked_and_each_user_does_only_its_job(tmp_path: Path) -> None:
+    port, folder = free_port(), tmp_path / "redis"
     try:
-        configured = {**env, "REDIS_URL": "redis://127.0.0.1:1/0"}
-        ensure = subprocess.run([*run, "ensure"], env=configured, capture_output=True, text=True, timeout=30, cwd=ROOT)
-        assert ensure.stdout.strip() == "configured" and not (tmp_path / "redis").exists()
-        started = subprocess.run([*run, "ensure"], env=env, capture_output=True, text=True, timeout=30, cwd=ROOT)
-        assert started.stdout.strip() == "embedded"
-        started = subprocess.run([*run, "start"], env=env, capture_output=True, text=True, timeout=30, cwd=ROOT)
-        assert started.returncode == 0, started.stderr
-        assert started.stdout.strip() == f"redis://127.0.0.1:{port}/0"
-        client = redis.Redis(port=port)
-        assert client.config_get("bind")["bind"] == "127.0.0.1"
-        active_key = OnlineStore(client).active_key
-        client.set(active_key, "v1")
-        again = subprocess.run([*run, "start"], env=env, capture_output=True, text=True, timeout=30, cwd=ROOT)
-        assert "reusing" in again.stderr and client.get(active_key) == b"v1"
-        cli = subprocess.run([*run, "cli", "GET", active_key], env=env, capture_output=True, text=True, cwd=ROOT)
-        assert cli.stdout.strip() == "v1"
-        assert subprocess.run([*run, "stop"], env=env, cwd=ROOT, capture_output=True).returncode == 0
-        assert subprocess.run([*run, "status"], env=env, cwd=ROOT, capture_output=True).returncode == 1
-        assert (tmp_path / "redis" / "dump.rdb").exists()
-        assert embedded.start(port, tmp_path / "redis") == f"redis://127.0.0.1:{port}/0"
-        assert redis.Redis(port=port).get(active_key) == b"v1"  # the snapshot was loaded again
+        embedded.start(port, folder, prefix="credit")
+        assert oct(folder.stat().st_mode & 0o777) == "0o700"
+        for name in ("secrets.json", "users.acl"):
+            assert oct((folder / name).stat().st_mode & 0o777) == "0o600", name
+        found = embedded.read_secrets(folder)
+        assert found is not None and found["service"] not in (folder / "users.acl").read_text()  # hashes only
+        with pytest.raises(redis.RedisError, match=r"(?i)auth"):
+            redis.Redis(port=port, protocol=2).get("credit:active")  # the default user is off
+        service, writer, admin = (redis.Redis.from_url(embedded.url_for(port, user, found[user]), decode_responses=True)
+                                  for user in ("service", "writer", "admin"))  # fmt: skip
+        store = OnlineStore(writer, prefix="credit", version_cache_seconds=0)
+        load(store, "v1", {7: {"age": 41, "loan_date": "2020-01-01"}})
+        store.publish("v1")
+        assert OnlineStore(service, prefix="credit").read(7) == ("v1", {"age": 41, "loan_date": "2020-01-01"})
+        for client in (service, writer):
+            for command in (("CONFIG", "SET", "dir", "/tmp"), ("CONFIG", "GET", "dir"), ("FLUSHALL",), ("FLUSHDB",),
+                            ("DEBUG", "SLEEP", "0"), ("MODULE", "LIST"), ("SHUTDOWN", "NOSAVE"), ("KEYS", "*"),
+                            ("SAVE",), ("ACL", "LIST")):  # fmt: skip
+                with pytest.raises(redis.exceptions.NoPermissionError):
+                    client.execute_command(*command)
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            service.hset("credit:v1:client:7", "age", "99")  # the service only reads
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            service.set("credit:active", "v0")
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            writer.set("other:key", "x")  # the writer writes under the prefix only
+        assert admin.config_get("dir")["dir"] == str(folder.resolve())  # the admin is embedded's own
+        # Reused with another prefix: the ACL follows it.
+        embedded.start(port, folder, prefix="other")
+        assert writer.set("other:key", "x") is True
     finally:
-        embedded.stop(port)
+        embedded.stop(port, folder)
 
 
-def test_store_commands_list_versions_and_roll_back(redis_url: str) -> None:
-    store = OnlineStore(connect(redis_url, 0.5, 1.0), version_cache_seconds=0)
+def test_embedded_redis_commands_start_reuse_keep_data_and_stop(tmp_path: Path) -> None:
+    port = free_port()
+    env = clean_env(CREDIT_REDIS_EMBEDDED_PORT=str(port), CREDIT_REDIS_EMBEDDED_DIR=str(tmp_path / "redis"))
+    credit = [str(BIN / "credit"), "redis"]
+
+    def run(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*credit, *args], env={**env, **extra}, capture_output=True, text=True, timeout=30)
+
+    try:
+        ensure = run("ensure", REDIS_URL="redis://127.0.0.1:1/0")
+        assert ensure.stdout.strip() == "configured" and not (tmp_path / "redis").exists()
+        assert run("ensure").stdout.strip() == "embedded"
+        started = run("start")
+        assert started.returncode == 0 and started.stdout.strip() == f"redis://127.0.0.1:{port}/0"
+        assert "reusing" in started.stderr
+        writer_url = embedded.user_url(load_settings(env=env).redis, "writer")
+        writer = redis.Redis.from_url(writer_url)
+        active_key = OnlineStore(writer).active_key
+        writer.set(active_key, "v1")
+        cli = run("cli", "GET", active_key)
+        assert cli.stdout.strip() == "v1" and "Warning" not in cli.stderr  # the secret went by the environment
+        assert run("stop").returncode == 0 and run("status").returncode == 1
+        assert (tmp_path / "redis" / "dump.rdb").exists()
+        embedded.start(port, tmp_path / "redis")
+        assert redis.Redis.from_url(writer_url).get(active_key) == b"v1"  # the snapshot was loaded again
+    finally:
+        embedded.stop(port, tmp_path / "redis")
+
+
+def test_embedded_redis_refuses_a_foreign_server_on_its_port(redis_server: RedisServer, tmp_path: Path) -> None:
+    redis_server.ensure_running()
+    with pytest.raises(embedded.EmbeddedRedisError, match="does not take the secrets"):
+        embedded.start(redis_server.port, tmp_path / "redis")
+    with pytest.raises(embedded.EmbeddedRedisError, match="is not the embedded one: not stopping it"):
+        embedded.stop(redis_server.port, tmp_path / "redis")
+    assert redis.Redis.from_url(redis_server.url).ping()
+
+
+def test_store_commands_list_versions_and_roll_back(
+    redis_url: str, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    store = OnlineStore.from_url(redis_url, version_cache_seconds=0)
     load(store, "20261127T000001Z", {5: {"age": 30}})
     store.publish("20261127T000001Z")
     load(store, "20261127T000002Z", {5: {"age": 31}})
     store.publish("20261127T000002Z")
-
-    def command(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(ROOT / "spark-submit.sh"), *args, "--redis-url", redis_url], capture_output=True,
-                              text=True, timeout=60)  # fmt: skip
-
-    listed = command("versions")
+    listed = subprocess.run([str(ROOT / "spark-submit.sh"), "versions", "--redis-url", redis_url], capture_output=True,
+                            text=True, timeout=60, env=clean_env())  # fmt: skip
     assert listed.returncode == 0, listed.stderr
     lines = listed.stdout.splitlines()
     assert lines[1].split()[:3] == ["20261127T000001Z", "complete", "1"]
     assert lines[2].split()[:3] == ["20261127T000002Z", "ACTIVE", "1"]
-    assert command("sample-id").stdout.strip() == "5"
-    rolled = command("publish", "20261127T000001Z")
-    assert rolled.returncode == 0 and "was 20261127T000002Z" in rolled.stderr
+
+    caplog.set_level(logging.INFO)
+
+    def command(*args: str) -> int:  # the same command line, in this process
+        capsys.readouterr()
+        return main([*args, "--redis-url", redis_url])
+
+    assert command("sample-id") == 0 and capsys.readouterr().out == "5\n"
+    assert command("publish", "20261127T000001Z") == 0 and "was 20261127T000002Z" in caplog.text
     assert store.read(5) == ("20261127T000001Z", {"age": 30})
-    refused = command("publish", "20990101T000000Z")
-    assert refused.returncode == 1 and "not a complete load" in refused.stderr
+    assert command("publish", "20990101T000000Z") == 1 and "not a complete load" in caplog.text
+    with pytest.raises(SystemExit) as refused:
+        main(["versions", "--redis-url", "redis://:pw@127.0.0.1:1/0"])
+    assert refused.value.code == 2
+    err = capsys.readouterr().err
+    assert "anyone can read in `ps`" in err and "pw@" not in err

@@ -1,0 +1,151 @@
+"""Scoring a new application as of its date (DESIGN §12) with the model of the store's version.
+
+The features come from the client's history state in the version (`contract.features_of_a_new_loan`)
+and the score from that same version's ONNX model, so a request never mixes one version's features
+with another's model. Each version's model is loaded once per process and kept while it may still be
+read (the last few versions); a preloader loads the active version's model as soon as it is published,
+so a request seldom waits for a load.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime as dt
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from contract import History, car_flag, features_of_a_new_loan
+from model.portable import PortableModel
+from serving.store import OnlineStore
+
+log = logging.getLogger(__name__)
+
+
+class ApplicationRefused(Exception):
+    """The application cannot be scored: HTTP status, stable code, message."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@dataclasses.dataclass(frozen=True)
+class VersionModel:
+    version: str
+    model: PortableModel
+    threshold: float
+    model_version: str
+
+
+class ModelCache:
+    """Each version's model, loaded from the store once per process; the last `keep` versions are kept."""
+
+    def __init__(self, keep: int = 3) -> None:
+        self._keep = keep
+        self._models: collections.OrderedDict[str, VersionModel] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, store: OnlineStore, version: str) -> VersionModel:
+        found = self._models.get(version)
+        if found is not None:
+            return found
+        with self._lock:  # one load per version, however many requests want it at once
+            found = self._models.get(version)
+            if found is None:
+                found = self._models[version] = load(store, version)
+                log.info("loaded the model of version %s (model %s)", version, found.model_version)
+                while len(self._models) > self._keep:
+                    self._models.popitem(last=False)
+            return found
+
+    def __contains__(self, version: str) -> bool:
+        return version in self._models
+
+
+def load(store: OnlineStore, version: str) -> VersionModel:
+    """The version's ONNX model with its threshold and feature order, from the store."""
+    meta = store.meta(version)
+    onnx = store.model(version)
+    if onnx is None or "threshold" not in meta:
+        raise ApplicationRefused(
+            503, "model_unavailable", f"version {version} holds no model: publish a new version with materialize"
+        )
+    features = meta["feature_names"].split(",")
+    return VersionModel(version, PortableModel(onnx, features), float(meta["threshold"]), meta["model_version"])
+
+
+def history_of(version: str, client_id: int, record: dict[str, Any] | None, request: Any) -> History:
+    """The client's history in the version with the request's attributes winning; a first-time applicant
+    when there is none but the request gives attributes; refused when there is neither."""
+    given = {"birthday": request.birthday, "job_start_date": request.job_start_date}
+    flag = car_flag(request.flag_own_car)[0] if request.flag_own_car is not None else None
+    if record is None:
+        if request.birthday is None and request.job_start_date is None and request.flag_own_car is None:
+            raise ApplicationRefused(
+                404, "unknown_client", f"client {client_id} has no history in version {version} and the application "
+                "gives no attribute (birthday, job_start_date, flag_own_car) to score it as a first-time applicant",
+            )  # fmt: skip
+        return History(0, 0.0, None, given["birthday"], given["job_start_date"], flag)
+    if "loans" not in record:
+        raise ApplicationRefused(
+            503, "no_history", f"version {version} holds no history state: publish a new version with materialize"
+        )
+    return History(
+        loans=record["loans"],
+        amount_sum=record["amount_sum"],
+        last_loan_date=dt.date.fromisoformat(record["loan_date"]),
+        birthday=given["birthday"] if given["birthday"] is not None else record.get("birthday"),
+        job_start_date=given["job_start_date"] if given["job_start_date"] is not None else record.get("job_start_date"),
+        flag_own_car=flag if flag is not None else record.get("flag_own_car"),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Application:
+    """An application's features, ready to be scored with its version's model."""
+
+    client_id: int
+    on: dt.date
+    history: History
+    features: dict[str, int | float | None]
+
+
+def prepare(version: str, client_id: int, record: dict[str, Any] | None, request: Any,
+            today: Callable[[], dt.date]) -> Application:  # fmt: skip
+    """The features of one application as of its date (DESIGN §12), or ApplicationRefused."""
+    history = history_of(version, client_id, record, request)
+    on = dt.date.fromisoformat(request.application_date) if request.application_date else today()
+    if history.last_loan_date is not None and on < history.last_loan_date:
+        raise ApplicationRefused(
+            422, "application_before_last_loan", f"application date {on} is before client {client_id}'s latest loan "
+            f"({history.last_loan_date}): the store holds totals, not the history before it",
+        )  # fmt: skip
+    return Application(client_id, on, history, features_of_a_new_loan(history, on))
+
+
+def answers(model: VersionModel, applications: list[Application]) -> list[dict[str, Any]]:
+    """The answers to applications, scored together in one run of the version's model."""
+    scores = model.model.scores([a.features for a in applications]) if applications else []
+    return [
+        {
+            "client_id": a.client_id,
+            "application_date": a.on.isoformat(),
+            "version": model.version,
+            "features": a.features,
+            "score": score,
+            "label": int(score >= model.threshold),
+            "model_version": model.model_version,
+            "history": {
+                "loans": a.history.loans,
+                "last_loan_date": a.history.last_loan_date.isoformat() if a.history.last_loan_date else None,
+            },
+        }
+        for a, score in zip(applications, scores, strict=True)
+    ]
+
+
+def utc_today() -> dt.date:
+    return dt.datetime.now(dt.UTC).date()

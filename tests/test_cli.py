@@ -1,0 +1,91 @@
+"""The one command line: `credit` and `./spark-submit.sh`, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from credit.commands import COMMANDS, main
+from tests.conftest import Dirty
+from tests.helpers import BIN, ROOT, clean_env
+from tests.test_features_job import stable
+
+
+def credit(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "credit"), *args], env=env or clean_env(), capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+
+
+def test_cli_lists_every_command_once_and_refuses_an_unknown_one() -> None:
+    listing = credit()
+    assert listing.returncode == 2 and listing.stdout == ""
+    listed = [line.split()[0] for line in listing.stderr.splitlines()[1:]]
+    assert listed == list(COMMANDS)
+    spark_jobs = {line.split()[0] for line in listing.stderr.splitlines()[1:] if "(Spark)" in line}
+    assert spark_jobs == {name for name, c in COMMANDS.items() if c.spark} == {"features", "materialize"}
+    assert credit("--help").returncode == 0
+    unknown = credit("nope")
+    assert unknown.returncode == 2 and "unknown command 'nope'" in unknown.stderr
+    assert credit("--master").returncode == 2
+    same = subprocess.run(["./spark-submit.sh"], cwd=ROOT, env=clean_env(), capture_output=True, text=True)
+    assert (same.returncode, same.stderr) == (listing.returncode, listing.stderr)
+
+
+def test_cli_a_bad_setting_is_exit_code_2_naming_it() -> None:
+    bad = credit("models", env=clean_env(CREDIT_MODEL_SEED="many"))
+    assert bad.returncode == 2 and "CREDIT_MODEL_SEED: expected a whole number, got 'many'" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
+def test_spark_submit_runs_the_job_from_a_checkout_whose_path_has_a_space_then_report_prints_it(
+    dirty: Dirty, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A copy of the checkout under a path with a space, with a Python that sees it first, runs the feature
+    job on the dirty data as a user would: the same report as the job run in-process."""
+    checkout = tmp_path / "a checkout" / "credit risk"
+    ignore = shutil.ignore_patterns(".venv", ".git", "data", "var", "__pycache__", "*.egg-info", ".*_cache")
+    shutil.copytree(ROOT, checkout, ignore=ignore)
+    venv = tmp_path / "a venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = Path(sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)}))
+    # The copy first, then the project's installed libraries (not its editable install of the original).
+    (site / "checkout.pth").write_text(f"{checkout}\n{sysconfig.get_path('purelib')}\n")
+    # A shebang cannot hold a space: pip writes this sh trampoline for a venv whose path has one.
+    python = venv / "bin" / "python"
+    trampoline = f"#!/bin/sh\n'''exec' \"{python}\" \"$0\" \"$@\"\n' '''\n"
+    (venv / "bin" / "credit").write_text(
+        f"{trampoline}import sys\nfrom credit.commands import main\nsys.exit(main())\n"
+    )
+    (venv / "bin" / "credit").chmod(0o755)
+    (venv / "bin" / "spark-submit").symlink_to(BIN / "spark-submit")
+    source = tmp_path / "in put" / "loans.csv"
+    source.parent.mkdir()
+    shutil.copy(dirty.source, source)
+    pyspark_home = Path(sysconfig.get_path("purelib")) / "pyspark"
+    env = clean_env(VENV=str(venv), SPARK_HOME=str(pyspark_home))
+    out = tmp_path / "out put"
+    command = [str(checkout / "spark-submit.sh"), "features", "--input", str(source), "--output", str(out),
+               "--as-of", "2020-12-31"]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout == "" and f"reading {source}" in done.stderr  # the log goes to stderr; no result
+    report = json.loads((out / "report.json").read_text())
+    assert stable(report) == stable(dirty.report)
+    # The project's log4j settings were found (Spark's default profile announces itself otherwise).
+    assert "Using Spark's default log4j profile" not in done.stderr
+    written = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert written == ["clients", "features", "quarantine", "report.json"]
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert shown.splitlines()[:3] == [f"features:   {out / 'features'}", f"quarantine: {out / 'quarantine'}",
+                                      f"report:     {out / 'report.json'}"]  # fmt: skip
+    assert f"read {report['rows_read']} rows: {report['rows_accepted']} accepted" in shown
+    assert main(["report", str(tmp_path / "nowhere")]) == 1 and "no report at" in capsys.readouterr().err

@@ -7,7 +7,7 @@ persistence) it measures:
 
 * `redis-benchmark`'s pipelined HSET rate (`-t hset`, one small field per command), with the
   job's pipeline depth (`-P batch_size`) and as many connections as Spark runs write tasks (`-c cores`);
-* the same, with HSET commands shaped like a client hash (the job's ten fields);
+* the same, with HSET commands shaped like a client hash (the job's fourteen fields, history included);
 * the store's bulk writer alone (`OnlineStore.write_encoded`, the job's path) from one Python process,
   on 200,000 clients;
 * the whole `materialize` job (in-process local Spark: read Parquet, latest row per client, score with
@@ -56,12 +56,14 @@ WORK = ROOT / "var" / "bench" / "redis"
 RESULTS = ROOT / "bench" / "results" / "redis.json"
 SHAPED = ["nb_previous_loans", "3", "avg_amount_loans_previous", "2134.5678901234", "age", "41",
           "years_on_the_job", "7", "flag_own_car", "1", "loan_date", "2020-11-05", "score", "0.41234567890123",
-          "label", "0", "model_version", "20261127T090000Z"]  # fmt: skip
+          "label", "0", "model_version", "20261127T090000Z", "loans", "4", "amount_sum", "8538.123456789",
+          "last_loan_id", "123456789", "birthday", "1980-01-15", "job_start_date", "2012-04-01"]  # fmt: skip
 
 
 def features(clients: int, seed: int = 7) -> Path:
-    """Two loans per client, features shaped like the job's output (made once, reused)."""
-    folder = WORK / f"features-{clients}"
+    """Two loans per client, features and clients' history shaped like the job's outputs (made once, reused);
+    the path of the features."""
+    folder = WORK / f"output-{clients}" / "features"
     if folder.exists():
         return folder
     rng = np.random.default_rng(seed)
@@ -81,12 +83,21 @@ def features(clients: int, seed: int = 7) -> Path:
         "age": pa.array(age, mask=rng.random(n) < 0.02), "years_on_the_job": pa.array(job, mask=rng.random(n) < 0.2),
         "flag_own_car": pa.array(car), "status": pa.array(late),
     })  # fmt: skip
-    tmp = folder.with_suffix(".tmp")
+    last = k == 1  # the second loan is the later (700 days on)
+    amounts = rng.lognormal(7, 1, n)
+    history = pa.table({
+        "id": pa.array(ids[last]), "loans": pa.array(np.full(clients, 2, dtype=np.int32)),
+        "amount_sum": pa.array(amounts[~last] + amounts[last]), "last_loan_id": table["loan_id"].filter(last),
+        "last_loan_date": table["loan_date"].filter(last), "birthday": pa.array(["1980-01-15"] * clients),
+        "job_start_date": pa.array(["2012-04-01"] * clients), "flag_own_car": pa.array(car[last]),
+    })  # fmt: skip
+    tmp = folder.parent.with_suffix(".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for part, start in enumerate(range(0, n, 500_000)):
-        pq.write_table(table.slice(start, 500_000), tmp / f"part-{part:05d}.parquet")
-    tmp.rename(folder)
+    for name, data in (("features", table), ("clients", history)):
+        (tmp / name).mkdir(parents=True)
+        for part, start in enumerate(range(0, len(data), 500_000)):
+            pq.write_table(data.slice(start, 500_000), tmp / name / f"part-{part:05d}.parquet")
+    tmp.rename(folder.parent)
     return folder
 
 
@@ -150,8 +161,9 @@ def main() -> int:
         spark = build_session(settings.spark, "bench-redis")
         redis_settings = dataclasses.replace(settings.redis, url=server.url, batch_size=args.batch_size,
                                              socket_timeout=10.0)  # fmt: skip
-        job = mz.MaterializeArgs(str(source), str(models), server.url, redis_settings)
-        mz.run(spark, dataclasses.replace(job, features=str(features(20_000))))  # warm-up: JVM, workers
+        job = mz.MaterializeArgs(str(source), str(models), str(source.parent / "clients"), redis_settings)
+        warm = features(20_000)
+        mz.run(spark, dataclasses.replace(job, features=str(warm), clients=str(warm.parent / "clients")))  # warm-up
         admin.flushall()
         before = used_memory(admin)
         summary = mz.run(spark, job)
@@ -177,8 +189,8 @@ def main() -> int:
           f"({figures['job_seconds']:.1f} s end to end)")  # fmt: skip
     print(f"  of which writing (first to last write):{figures['job_write_clients_per_s']:>12,.0f} clients/s "
           f"({figures['job_write_seconds']:.1f} s)")  # fmt: skip
-    print(f"load rate / redis-benchmark HSET:       {figures['write_vs_redis_benchmark']:>12.2f}  (target >= 0.30)")
-    print(f"load rate / client-shaped HSET:         {figures['write_vs_shaped_hset']:>12.2f}")
+    print(f"load rate / redis-benchmark HSET:       {figures['write_vs_redis_benchmark']:>12.2f}")
+    print(f"load rate / client-shaped HSET:         {figures['write_vs_shaped_hset']:>12.2f}  (target >= 0.50)")
     print(f"whole job / redis-benchmark HSET:       {figures['job_vs_redis_benchmark']:>12.2f}")
     print(f"whole job / client-shaped HSET:         {figures['job_vs_shaped_hset']:>12.2f}")
     print(f"Redis memory per client:                {figures['memory_bytes_per_client']:>12.0f} bytes")

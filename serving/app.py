@@ -12,7 +12,6 @@ and tries Redis again every `BREAKER_RETRY_SECONDS`, so the service recovers by 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import threading
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import flask_swagger_ui
+import orjson
 import redis
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, send_from_directory
 from flask.json.provider import DefaultJSONProvider
@@ -46,9 +46,17 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class AnswerJSON(DefaultJSONProvider):
-    """JSON answers keep their keys in the order they are built (client_id first, features in contract order)."""
+    """JSON answers with orjson (several times faster than the standard library on a request's path); keys
+    keep the order they are built in (client_id first, features in contract order)."""
 
     sort_keys = False
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        return orjson.dumps(obj).decode()
+
+    def response(self, *args: Any, **kwargs: Any) -> Response:
+        obj = self._prepare_response_obj(args, kwargs)
+        return Response(response=orjson.dumps(obj), mimetype=self.mimetype)
 
 
 class ServiceApp(Flask):
@@ -181,8 +189,8 @@ def json_body(expected: str) -> Any:
     if not request.is_json:
         raise ApiError(400, "invalid_body", f"the body must be JSON (Content-Type: application/json): {expected}")
     try:
-        return json.loads(request.get_data())
-    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
+        return orjson.loads(request.get_data())
+    except orjson.JSONDecodeError:  # also a body nested deeper than the parser goes
         raise ApiError(400, "invalid_body", f"the body is not valid JSON: {expected}") from None
 
 

@@ -6,7 +6,9 @@ gunicorn config in conf/ sets it), each worker writes its values there and /metr
 
 from __future__ import annotations
 
+import functools
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -32,10 +34,19 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 
 def observe(method: str, endpoint: str, status: int, seconds: float) -> None:
     """Count one answer; `endpoint` is a route template (or "unmatched"), never a raw path."""
-    REQUESTS.labels(method if method in METHODS else "other", endpoint, str(status)).inc()
-    LATENCY.labels(endpoint).observe(seconds)
-    if status >= 400:
-        ERRORS.labels(str(status)).inc()
+    counters = _children(method if method in METHODS else "other", endpoint, status)
+    counters[0].inc()
+    counters[1].observe(seconds)
+    if counters[2] is not None:
+        counters[2].inc()
+
+
+@functools.cache
+def _children(method: str, endpoint: str, status: int) -> tuple[Any, Any, Any]:
+    """The metrics' children of one label set, looked up once (`labels()` costs microseconds a call):
+    the label values are bounded, so is this cache."""
+    error = ERRORS.labels(str(status)) if status >= 400 else None
+    return REQUESTS.labels(method, endpoint, str(status)), LATENCY.labels(endpoint), error
 
 
 def render() -> tuple[bytes, str]:

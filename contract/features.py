@@ -170,3 +170,17 @@ def features_of_a_new_loan(history: History, on: dt.date) -> dict[str, int | flo
             f"contract/features.py computes {tuple(features)} for a new loan, the contract {FEATURE_NAMES}"
         )
     return features
+
+
+def features_with_an_earlier_loan(
+    latest: dict[str, int | float | None], amount: float
+) -> dict[str, int | float | None]:
+    """The features of a client's latest loan once a loan dated before it (by `loan_date`, `loan_id`) is
+    added to the history: one more previous loan, its amount in the mean (DESIGN §13, late data); the
+    attribute features, as of the latest loan's own date, do not change."""
+    before = int(latest["nb_previous_loans"] or 0)
+    mean = latest["avg_amount_loans_previous"]
+    # The mean times the count gives back the earlier sum to within an ulp or so: the stored history
+    # does not keep the latest loan's own amount, which an exact sum would need.
+    total = (float(mean) * before if mean is not None and before else 0.0) + amount
+    return {**latest, "nb_previous_loans": before + 1, "avg_amount_loans_previous": total / (before + 1)}

@@ -34,6 +34,8 @@ class Command:
     # For a Spark job: "module:function" `check(argv) -> int`, run in plain Python before spark-submit
     # so that bad arguments or missing inputs are refused without starting a JVM.
     check: str | None = None
+    # A Spark job that stops cleanly on SIGTERM or Ctrl-C (see `credit.launcher.submit`).
+    graceful: bool = False
 
 
 COMMANDS: dict[str, Command] = {
@@ -41,6 +43,7 @@ COMMANDS: dict[str, Command] = {
     "features": Command(
         "spark_jobs.features:main", True, "raw loans CSV -> features, quarantine, report", "spark_jobs.features:check"
     ),
+    "land": Command("datagen.landed:main", False, "write a CSV of new loans into the stream's landing folder"),
     "report": Command("spark_jobs.report:main", False, "print a feature run's outputs and report summary"),
     "train": Command("model.train:main", False, "train a candidate model and write its card; prints the version"),
     "approve": Command("model.cli:main_approve", False, "approve a model version (also the rollback)"),
@@ -51,6 +54,13 @@ COMMANDS: dict[str, Command] = {
         True,
         "publish every client's latest features to Redis",
         "spark_jobs.materialize:check",
+    ),
+    "stream": Command(
+        "spark_jobs.stream:main",
+        True,
+        "apply loans landing as CSV files to the online state, exactly once",
+        "spark_jobs.stream:check",
+        graceful=True,
     ),
     "versions": Command("serving.cli:main_versions", False, "list the online store's versions"),
     "publish": Command("serving.cli:main_publish", False, "point readers at another complete version (rollback)"),
@@ -98,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if command.check and (refused := run(name, rest, command.check)):
             return refused
-        return launcher.submit(name, rest, master)
+        return launcher.submit(name, rest, master, command.graceful)
     return run(name, rest)
 
 

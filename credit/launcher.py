@@ -8,6 +8,7 @@ the job's log goes to stderr and its result (see `conf.command.emit`) is printed
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from conf.command import RESULT_FILE_ENV
+from conf.command import DRIVER_PID_ENV, RESULT_FILE_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("conf", "contract", "credit", "datagen", "model", "serving", "spark_jobs")
@@ -54,13 +55,19 @@ def spark_submit_command(job: str, args: Sequence[str], master: str, code: Path)
     ]  # fmt: skip
 
 
-def submit(job: str, args: Sequence[str], master: str) -> int:
-    """Run `job` under spark-submit; its exit code. The job's result is printed on stdout at the end."""
+def submit(job: str, args: Sequence[str], master: str, graceful: bool = False) -> int:
+    """Run `job` under spark-submit; its exit code. The job's result is printed on stdout at the end.
+
+    `graceful`: the job stops cleanly on SIGTERM (a stream between micro-batches). spark-submit then runs
+    in a session of its own, so that Ctrl-C reaches this process only, and both signals go to the job's
+    driver (which wrote its pid): a signal to spark-submit would stop the JVM under the job at once.
+    """
     from credit.commands import IN_SPARK_ENV
 
     with tempfile.TemporaryDirectory(prefix="credit-submit-") as work:
         result = Path(work) / "result.txt"
         result.touch()
+        pid_file = Path(work) / "driver.pid"
         try:
             command = spark_submit_command(job, args, master, package_code(Path(work) / "credit_risk_code.zip"))
         except FileNotFoundError as exc:
@@ -73,19 +80,27 @@ def submit(job: str, args: Sequence[str], master: str) -> int:
             "PYSPARK_DRIVER_PYTHON": os.environ.get("PYSPARK_DRIVER_PYTHON", sys.executable),
             IN_SPARK_ENV: "1",
             RESULT_FILE_ENV: str(result),
+            **({DRIVER_PID_ENV: str(pid_file)} if graceful else {}),
         }
-        process = subprocess.Popen(command, env=env, stdout=sys.stderr.fileno())
+        process = subprocess.Popen(command, env=env, stdout=sys.stderr.fileno(), start_new_session=graceful)
 
         def forward(signum: int, frame: FrameType | None) -> None:
-            process.send_signal(signum)
+            driver = pid_file.read_text(encoding="utf-8").strip() if graceful and pid_file.exists() else ""
+            if driver:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(driver), signal.SIGTERM)
+            else:
+                process.send_signal(signal.SIGTERM if graceful else signum)
 
-        previous = signal.signal(signal.SIGTERM, forward)
+        signals = (signal.SIGTERM, signal.SIGINT) if graceful else (signal.SIGTERM,)
+        previous = {s: signal.signal(s, forward) for s in signals}
         try:
             code = process.wait()
         except KeyboardInterrupt:  # Ctrl-C reached spark-submit too (same process group): wait for it
             code = process.wait()
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
         sys.stdout.write(result.read_text(encoding="utf-8"))
         sys.stdout.flush()
         return code

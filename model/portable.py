@@ -74,7 +74,9 @@ class PortableModel:
             raise ValueError(f"the ONNX model's inputs {names} are not the features {self.features}")
 
     def scores(self, rows: Sequence[Mapping[str, float | int | None]]) -> list[float]:
-        """One score per row of feature values (None: a null feature)."""
+        """One score per row of feature values (None: a null feature); none for no row."""
+        if not rows:
+            return []
         inputs = {
             name: np.array([[np.nan if row.get(name) is None else row[name]] for row in rows], dtype=np.float32)
             for name in self.features

@@ -40,13 +40,18 @@ def _store(settings: Settings, argv: Sequence[str] | None, name: str, version: b
 
 
 def versions_table(store: OnlineStore) -> str:
+    """The versions, oldest first, with what the stream applied to each (loans, the last one, when)."""
     active = store.active_version()
-    lines = [f"{'version':<20} {'status':<9} {'clients':>9} {'as_of':<10}  {'model':<20} published_at"]
+    lines = [f"{'version':<20} {'status':<9} {'clients':>9} {'as_of':<10}  {'model':<20} {'published_at':<20}  "
+             "streamed (last loan_id at)"]  # fmt: skip
     for version in store.versions():
         meta = store.meta(version)
         status = "ACTIVE" if version == active else meta.get("status", "?")
+        last = f"{meta.get('stream_last_loan_id', '-')} at {meta.get('stream_applied_at', '-')}"
+        streamed = f"{meta['stream_loans']} ({last})" if meta.get("stream_loans") else "-"
         lines.append(f"{version:<20} {status:<9} {meta.get('clients', '-'):>9} {meta.get('as_of', '-'):<10}  "
-                     f"{meta.get('model_version', '-'):<20} {meta.get('published_at', '-')}")  # fmt: skip
+                     f"{meta.get('model_version', '-'):<20} {meta.get('published_at', '-'):<20}  "
+                     f"{streamed}")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -70,8 +70,9 @@ def acl_rules(prefix: str) -> dict[str, str]:
         "admin": "~* &* +@all",
         # Reads of the store only: GET, HGETALL, ZRANGE, SCAN, ... (INFO: to recognise a cluster).
         "service": f"{keys} -@all +@read -@dangerous +ping +info {forbid}",
-        # The loads and the store commands: reads and writes (HSET, SET, ZADD, UNLINK, EXPIRE, ...).
-        "writer": f"{keys} -@all +@read +@write -@dangerous +ping +info {forbid}",
+        # The loads, the stream and the store commands: reads and writes (HSET, SET, ZADD, UNLINK, ...), and
+        # EVAL for the stream's one script (the commands it runs are checked against these rules too).
+        "writer": f"{keys} -@all +@read +@write -@dangerous +ping +info +eval {forbid}",
     }
 
 

@@ -5,18 +5,22 @@ Keys, with the prefix P (default `credit`):
     P:active                    string   the published version, e.g. 20261127T061500Z
     P:<version>:client:<id>     hash     the client's latest features (a null feature is an absent field),
                                          loan_date (yyyy-MM-dd), score, label, model_version, and its
-                                         history: loans, amount_sum, last_loan_id, birthday, job_start_date
+                                         history: loans, amount_sum, last_loan_id, birthday, job_start_date;
+                                         `landed`: the landed loans applied to it by the stream (DESIGN §13)
     P:<version>:meta            hash     source, as_of, rows, clients, model_version, feature_names,
                                          status (loading, complete), created_at, published_at,
-                                         superseded_at
+                                         superseded_at; from the stream: stream_loans, stream_new_clients,
+                                         stream_last_loan_id, stream_applied_at
     P:versions                  zset     every version a load started, scored by its start time
     P:<version>:model           string   the model that scored the version, ONNX as base64 (threshold in meta)
     P:<version>:lease           string   present (with a TTL) while the load writing the version runs
+    P:<version>:landed          hash     the registry of landed loans: loan_id -> the loan as JSON (see
+                                         serving/landing.py), written once per loan_id
 
 A load writes a new namespace, is counted, then `SET P:active <version>` publishes it in one command.
-Every command touches one key (no MULTI, no script, no multi-key DEL), so the same code runs against
-one Redis or a Redis Cluster. Field values are plain text: whole numbers as digits, decimals in
-Python's shortest round-trip form.
+Every command touches one key (no MULTI, no multi-key DEL; the one script, APPLY_LANDED, reads and
+writes a single client hash), so the same code runs against one Redis or a Redis Cluster. Field values
+are plain text: whole numbers as digits, decimals in Python's shortest round-trip form.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import dataclasses
 import datetime as dt
 import itertools
 import logging
@@ -166,6 +171,41 @@ class Codec:
             )
 
 
+# Apply one landed loan to a client's hash (DESIGN §13): one key, atomic, idempotent.
+# KEYS[1] the client hash. ARGV: the loan_id; the `loans` and `landed` values the update was computed
+# from; then field/value pairs to set (an empty value removes the field: a null feature).
+# Returns 0 when the hash's `landed` field lists the loan already (a replay changes nothing), -1 when the
+# hash changed since it was read (read it again and recompute), else sets the fields, adds the loan to
+# `landed` and returns 1.
+APPLY_LANDED = """
+local landed = redis.call('HGET', KEYS[1], 'landed') or ''
+if string.find(',' .. landed .. ',', ',' .. ARGV[1] .. ',', 1, true) then return 0 end
+if (redis.call('HGET', KEYS[1], 'loans') or '0') ~= ARGV[2] or landed ~= ARGV[3] then return -1 end
+for i = 4, #ARGV, 2 do
+  if ARGV[i + 1] == '' then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+  else
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+end
+if landed == '' then landed = ARGV[1] else landed = landed .. ',' .. ARGV[1] end
+redis.call('HSET', KEYS[1], 'landed', landed)
+return 1
+"""
+LANDED_FIELD = "landed"
+
+
+@dataclasses.dataclass(frozen=True)
+class LandedUpdate:
+    """A landed loan's effect on its client's hash, computed from the state read (`expected_*`)."""
+
+    client_id: int
+    loan_id: int
+    expected_loans: int
+    expected_landed: str
+    fields: dict[str, str | None]  # None removes the field (a null feature)
+
+
 class OnlineStore:
     """Reads and writes of the client hashes; a miss returns None (see the module docstring).
 
@@ -230,6 +270,9 @@ class OnlineStore:
     def model_key(self, version: str) -> str:
         return f"{self.prefix}:{version}:model"
 
+    def landed_key(self, version: str) -> str:
+        return f"{self.prefix}:{version}:landed"
+
     def lease_key(self, version: str) -> str:
         return f"{self.prefix}:{version}:lease"
 
@@ -270,6 +313,68 @@ class OnlineStore:
         for client_id in client_ids:
             pipe.hgetall(self.client_key(version, client_id))
         return version, [self.codec.decode(fields) if fields else None for fields in pipe.execute()]
+
+    def read_version_many(self, version: str, client_ids: Sequence[int]) -> list[dict[str, Any] | None]:
+        """The records of many clients in a given version, in one pipelined round trip."""
+        pipe = self._client.pipeline(transaction=False)
+        for client_id in client_ids:
+            pipe.hgetall(self.client_key(version, client_id))
+        return [self.codec.decode(fields) if fields else None for fields in _execute(pipe)]
+
+    def loading_versions(self) -> list[str]:
+        """The versions a load is writing now (status loading, lease held), oldest first."""
+        versions = self.versions()
+        pipe = self._client.pipeline(transaction=False)
+        for version in versions:
+            pipe.hget(self.meta_key(version), "status")
+            pipe.exists(self.lease_key(version))
+        answers = _execute(pipe)
+        return [v for v, status, lease in zip(versions, answers[::2], answers[1::2], strict=True)
+                if status == LOADING and lease]  # fmt: skip
+
+    def register_landed(self, version: str, entries: Mapping[int, str]) -> dict[int, str | None]:
+        """Record landed loans in the version's registry unless there already; per loan, the entry found
+        there before (None: it is new). One pipelined round trip, two for the ones already there."""
+        ids = list(entries)
+        pipe = self._client.pipeline(transaction=False)
+        for loan_id in ids:
+            pipe.hsetnx(self.landed_key(version), str(loan_id), entries[loan_id])
+        created = _execute(pipe)
+        known = [i for i, new in zip(ids, created, strict=True) if not new]
+        found: dict[int, str | None] = dict.fromkeys(ids)
+        if known:
+            values = cast(list[str | None], self._client.hmget(self.landed_key(version), [str(i) for i in known]))
+            found.update(zip(known, values, strict=True))
+        return found
+
+    def landed(self, version: str) -> dict[int, str]:
+        """The version's registry of landed loans: loan_id -> its entry."""
+        entries = cast(dict[str, str], self._client.hgetall(self.landed_key(version)))
+        return {int(k): v for k, v in entries.items()}
+
+    def apply_landed(self, version: str, updates: Sequence[LandedUpdate]) -> list[int]:
+        """Apply landed loans to their clients' hashes, one script per loan (a single key each), pipelined
+        in order: per update 1 applied, 0 applied before, -1 the hash changed since read (see APPLY_LANDED).
+
+        EVAL rather than EVALSHA: a cluster pipeline cannot load scripts, and Redis caches it compiled.
+        """
+        pipe = self._client.pipeline(transaction=False)
+        for u in updates:
+            flat = [x for name, value in u.fields.items() for x in (name, "" if value is None else value)]
+            key = self.client_key(version, u.client_id)
+            pipe.execute_command("EVAL", APPLY_LANDED, 1, key, u.loan_id, u.expected_loans, u.expected_landed, *flat)
+        return [int(x) for x in _execute(pipe)]
+
+    def note_landed(self, version: str, applied: int, new_clients: int, last_loan_id: int | None) -> None:
+        """Count landed loans applied to a version in its meta, with the last one and when (one key)."""
+        if not applied:
+            return
+        pipe = self._client.pipeline(transaction=False)
+        pipe.hincrby(self.meta_key(version), "stream_loans", applied)
+        pipe.hincrby(self.meta_key(version), "stream_new_clients", new_clients)
+        last: dict[Any, Any] = {"stream_last_loan_id": str(last_loan_id), "stream_applied_at": _utc_now()}
+        pipe.hset(self.meta_key(version), mapping=last)
+        _execute(pipe)
 
     def meta(self, version: str) -> dict[str, str]:
         return cast(dict[str, str], self._client.hgetall(self.meta_key(version)))

@@ -34,7 +34,7 @@ from contract.spark import parse_date, parse_decimal, parse_whole_number
 from spark_jobs.output import OutputError, StagedOutput
 from spark_jobs.report import summary
 from spark_jobs.session import build_session
-from spark_jobs.source import RAW_RECORD, InputError, Limits, SourceFile, read_raw
+from spark_jobs.source import RAW_RECORD, InputError, Limits, SourceFile, paths_of, read_raw
 
 log = logging.getLogger(__name__)
 
@@ -291,7 +291,8 @@ def run(spark: SparkSession, args: FeatureJobArgs) -> dict[str, Any]:
 def parse_args(argv: Sequence[str] | None, settings: Settings) -> FeatureJobArgs:
     """Command arguments over the settings' defaults."""
     parser = argparse.ArgumentParser(prog="spark-submit.sh features", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--input", default=settings.features.input, help="raw CSV file or folder")
+    parser.add_argument("--input", default=settings.features.input,
+                        help="raw CSV file or folder, or several separated by commas (history,landing)")  # fmt: skip
     parser.add_argument("--output", default=settings.features.output, help="output folder")
     parser.add_argument("--as-of", default=None, help="reject loans dated after this yyyy-MM-dd day")
     parser.add_argument("--allow-empty", action="store_true", help="publish outputs even with no accepted row")
@@ -312,7 +313,8 @@ def check(argv: Sequence[str]) -> int:
     Paths of other file systems (hdfs://, s3a://) are checked by the job itself, through Hadoop.
     """
     args = parse_args(argv, command_settings())
-    local = [p for p in (args.input, args.output) if "://" not in p or p.startswith("file:")]
+    inputs = paths_of(args.input)
+    local = [p for p in (*inputs, args.output) if "://" not in p or p.startswith("file:")]
     if args.output in local:
         output = Path(args.output.removeprefix("file:"))
         blocking = next((p for p in (output, *output.parents) if p.exists()), None)
@@ -320,9 +322,10 @@ def check(argv: Sequence[str]) -> int:
             where = "is a file" if blocking == output else f"lies under the file {blocking}"
             log.error("output %s %s: give a folder", args.output, where)
             return 2
-    if args.input in local and not glob.glob(args.input.removeprefix("file:")):
-        log.error("cannot read input %s: no such file or folder", args.input)
-        return 2
+    for one in inputs:
+        if one in local and not glob.glob(one.removeprefix("file:")):
+            log.error("cannot read input %s: no such file or folder", one)
+            return 2
     return 0
 
 

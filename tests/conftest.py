@@ -29,6 +29,7 @@ from spark_jobs import features as fj
 from spark_jobs.session import build_session
 from tests import reference
 from tests.redis_servers import RedisClusterServers, RedisServer
+from tests.spark_cluster import SparkCluster
 from tests.synthetic import synthetic_features
 
 DEFAULTS = load_settings(env={})
@@ -77,6 +78,14 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
     """A real three-primary Redis Cluster on loopback (cluster mode of the same redis-server)."""
     cluster = RedisClusterServers(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def spark_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkCluster]:
+    """A real standalone Spark cluster: a master and two 1-core workers of the Spark in .venv, on loopback."""
+    cluster = SparkCluster(tmp_path_factory.mktemp("spark-cluster")).start()
     yield cluster
     cluster.stop()
 

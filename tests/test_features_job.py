@@ -19,7 +19,7 @@ from contract import RAW_COLUMNS
 from datagen.generate import write_csv
 from spark_jobs import features as fj
 from spark_jobs.output import OutputError, StagedOutput
-from spark_jobs.source import InputError, Limits
+from spark_jobs.source import InputError, Limits, read_raw
 from tests import reference
 from tests.conftest import AS_OF, Dirty
 from tests.helpers import ROOT, clean_env
@@ -206,6 +206,34 @@ def test_job_reads_a_folder_of_files_each_by_its_own_header(spark: SparkSession,
     report = run(spark, tmp_path / "in", tmp_path / "out")
     assert_same_outputs(spark, tmp_path / "out", small.out)
     assert [f["path"].rsplit("/", 1)[1] for f in report["files"]] == ["part1.csv", "part2.csv"]
+
+
+def test_a_large_file_is_parsed_by_several_tasks_with_the_same_output_as_one_task(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """A file without quoted line breaks is split across tasks (here 64 KB splits); one with them is read
+    whole. Both in one input, the outputs equal those of a run reading each file in a single task."""
+    folder = tmp_path / "in"
+    write_csv(folder / "large.csv", clients=300, seed=5)
+    write(folder / "quoted.csv", SMALL_CSV.replace(",10,", ",90000010,").replace(",11,", ",90000011,"))
+    limits = Limits(20, 100_000)
+    spark.conf.set("spark.sql.files.maxPartitionBytes", str(64 * 1024))
+    try:
+        raw, sources = read_raw(spark, str(folder), limits)
+        tasks = raw.rdd.getNumPartitions()
+        many = run(spark, folder, tmp_path / "many", None)
+    finally:
+        spark.conf.unset("spark.sql.files.maxPartitionBytes")
+    assert [s.multiline for s in sources] == [False, True]
+    assert tasks > 10 and (folder / "large.csv").stat().st_size > 10 * 64 * 1024
+    spark.conf.set("spark.sql.files.maxPartitionBytes", str(1024**3))
+    try:
+        assert read_raw(spark, str(folder), limits)[0].rdd.getNumPartitions() == 2  # one task per file
+        one = run(spark, folder, tmp_path / "one", None)
+    finally:
+        spark.conf.unset("spark.sql.files.maxPartitionBytes")
+    assert_same_outputs(spark, tmp_path / "many", tmp_path / "one")
+    assert stable(many) == stable(one) and many["rows_accepted"] > 5000 and many["rows_rejected"] > 0
 
 
 def test_job_refuses_a_file_whose_header_lacks_or_repeats_a_column(spark: SparkSession, tmp_path: Path) -> None:

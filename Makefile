@@ -60,8 +60,9 @@ materialize: model
 
 # The stream: a new loan of one client lands, `stream --once` applies it, and the client's application
 # answer counts it. The service answers the two requests from DEMO_BIND; the command is printed.
+# PUBLISHED=1 (as `demo` passes it, having just published) skips the rebuild of what it depends on.
 DEMO_BIND := 127.0.0.1:8001
-stream-demo: materialize
+stream-demo: $(if $(PUBLISHED),install,materialize)
 	@id=$$(./spark-submit.sh sample-id) && mkdir -p var && \
 	request="curl -s -X POST -H 'Content-Type: application/json' -d '{\"client_id\": $$id}' http://$(DEMO_BIND)/v1/applications/credit-risk" && \
 	{ BIND=$(DEMO_BIND) WEB_WORKERS=1 $(VENV)/bin/gunicorn -c conf/gunicorn.conf.py "serving.app:create_app()" \
@@ -90,7 +91,7 @@ redis-stop: install
 
 demo: backtest materialize
 	@./spark-submit.sh verify-online --features $(OUT)/features --models $(MODELS) --sample 500
-	@$(MAKE) --no-print-directory stream-demo
+	@$(MAKE) --no-print-directory stream-demo PUBLISHED=1
 	@echo
 	@$(CREDIT) report $(OUT)
 	@echo

@@ -31,6 +31,7 @@ from conf.settings import parse_date as parse_setting_date
 from contract import NULL_REASONS, OUTPUT_COLUMNS, RAW_COLUMNS, REJECT_REASONS, TRIMMED
 from contract import spark as contract_spark
 from contract.spark import parse_date, parse_decimal, parse_whole_number
+from spark_jobs.errors import error_line
 from spark_jobs.output import OutputError, StagedOutput
 from spark_jobs.report import summary
 from spark_jobs.session import build_session
@@ -84,6 +85,12 @@ def parse_keys(rows: DataFrame) -> DataFrame:
         parse_date(F.col("loan_date")).alias("_loan_date"),
         parse_decimal(F.col("loan_amount")).alias("_loan_amount"),
     )
+
+
+def distinct_parsed(raw: DataFrame) -> DataFrame:
+    """The raw rows keyed by client, normalized, one per distinct row (`_copies`), their keys parsed: what
+    `validate` checks, in the feature job and in the stream alike."""
+    return raw.transform(key_by_client).transform(normalize).transform(drop_exact_duplicates).transform(parse_keys)
 
 
 def conflicting_loan_ids(parsed: DataFrame) -> DataFrame:
@@ -242,13 +249,7 @@ def run(spark: SparkSession, args: FeatureJobArgs) -> dict[str, Any]:
     log.info("reading %s (as of %s)", args.input, args.as_of or "no limit")
     raw, sources = read_raw(spark, args.input, args.limits)
     # Cached: both outputs and the conflict check read the distinct rows, parsed once.
-    parsed = (
-        raw.transform(key_by_client)
-        .transform(normalize)
-        .transform(drop_exact_duplicates)
-        .transform(parse_keys)
-        .persist(StorageLevel.MEMORY_AND_DISK)
-    )
+    parsed = distinct_parsed(raw).persist(StorageLevel.MEMORY_AND_DISK)
     # Both outputs need the conflicting loan_ids: cached, the aggregate runs once, not once per output.
     conflicts = conflicting_loan_ids(parsed).persist(StorageLevel.MEMORY_AND_DISK)
     checked = validate(parsed, args.as_of, conflicts)
@@ -362,17 +363,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", failure)
         return 2
     if failure is not None:
-        log.error("the feature job failed, nothing was published: %s", _first_line(failure))
+        log.error("the feature job failed, nothing was published: %s", error_line(failure))
         return 1
     log.info("%s", summary(report).replace("\n", "; "))
     log.info("outputs in %s: features, quarantine, clients, report.json", args.output)
     return 0
-
-
-def _first_line(exc: BaseException) -> str:
-    """An exception's first line: a Java error's stack trace stays out of the message."""
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ import datetime as dt
 import hashlib
 import io
 import logging
-import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -43,6 +42,7 @@ from model.portable import PortableModel
 from serving import embedded, landing
 from serving.scoring import VersionModel
 from serving.store import OnlineStore, StoreError, command_line_url, redacted
+from spark_jobs.errors import error_line
 from spark_jobs.session import build_session
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,6 @@ WRITTEN_SCHEMA = T.StructType(
         T.StructField("ended", T.DoubleType()),
     ]
 )
-EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception): ")
 _MODELS: dict[str, Any] = {}  # per Python worker: the unpickled model of each version
 
 
@@ -254,15 +253,6 @@ def _discard(store: OnlineStore, version: str) -> None:
         store.remove(version)
     except (redis.RedisError, StoreError) as exc:
         log.warning("could not remove the failed version %s now (a later load's cleanup will): %s", version, exc)
-
-
-def error_line(exc: BaseException) -> str:
-    """The useful line of an error: from an executor, the last exception line of the Python traceback."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    for line in reversed(lines):
-        if EXCEPTION_LINE.match(line):
-            return line
-    return lines[0] if lines else type(exc).__name__
 
 
 def parse_args(argv: Sequence[str] | None, settings: Settings) -> MaterializeArgs:

@@ -55,18 +55,16 @@ from serving import embedded, landing
 from serving.scoring import ApplicationRefused, ModelCache
 from serving.scoring import load as load_model
 from serving.store import OnlineStore, command_line_url, redacted
+from spark_jobs.errors import error_line
 from spark_jobs.features import (
     COPIES,
     REASON,
-    drop_exact_duplicates,
-    key_by_client,
-    normalize,
-    parse_keys,
+    distinct_parsed,
     rejected_rows,
     to_quarantine_output,
     validate,
 )
-from spark_jobs.materialize import error_line
+from spark_jobs.output import hadoop_fs
 from spark_jobs.session import build_session
 from spark_jobs.source import RAW_RECORD, Limits, check_files, read_files
 
@@ -265,21 +263,12 @@ class MicroBatches:
         log.info("%s", report.line())
 
     def _exists(self, path: str) -> bool:
-        from spark_jobs.output import hadoop_fs
-
         path_class, fs = hadoop_fs(self.spark, path)
         return bool(fs.exists(path_class(path)))
 
     def _checked(self, sources: list[Any]) -> DataFrame:
         today = dt.datetime.now(dt.UTC).date()
-        parsed = (
-            read_files(self.spark, sources)
-            .transform(key_by_client)
-            .transform(normalize)
-            .transform(drop_exact_duplicates)
-            .transform(parse_keys)
-        )
-        return validate(parsed, today).persist(StorageLevel.MEMORY_AND_DISK)
+        return validate(distinct_parsed(read_files(self.spark, sources)), today).persist(StorageLevel.MEMORY_AND_DISK)
 
     def _count(self, checked: DataFrame, report: BatchReport) -> None:
         counts = checked.groupBy(REASON).agg(F.count(F.lit(1)).alias("rows"), F.sum(COPIES).alias("copies"))

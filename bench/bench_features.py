@@ -3,11 +3,13 @@
     .venv/bin/python -m bench.bench_features [--clients 36457] [--repeat 3] [--loop-sample 300] [--scale 10]
 
 On the same generated CSV it times: the feature job (`spark_jobs.features.run`); a bare Spark
-read-and-write of the same CSV with the same reader options; the data scientists' per-client loop
+read-and-write of the same CSV with the same reader options (Spark's floor); the five features
+computed the naive way (`bench/naive_features.py`: no validation, ties and ages wrong); the data
+scientists' per-client loop
 (notebook 1: for each client, for each loan, the mean of the amounts on strictly earlier dates),
 timed on a sample of clients and scaled by the client count; and a vectorized pandas version of the
 two window features. Spark figures are medians of `--repeat` alternating runs after one warm-up.
-`--scale N` also runs `./spark-submit.sh features` on N times the data and reports how long it took.
+`--scale N` also runs the three Spark jobs once on N times the data.
 Results are printed and written to `bench/results/features.json`.
 """
 
@@ -103,26 +105,38 @@ def end_to_end(command: list[str], what: str) -> tuple[float, float]:
 
 
 def spark_figures(source: Path, repeat: int, label: str = "") -> dict[str, object]:
-    """Median seconds and peak memory of the feature job and of the bare read-and-write, both end to end
-    through spark-submit (JVM start included, as a user sees them), alternating, after a warm-up."""
-    job_out, bare_out = WORK / "job-out", WORK / "bare-out"
-    job = ["./spark-submit.sh", "features", "--input", str(source), "--output", str(job_out)]
+    """Median seconds and peak memory of the feature job, of the bare read-and-write and of the naive
+    feature job, all end to end through spark-submit (JVM start included, as a user sees them),
+    alternating, after a warm-up."""
+    job_out, bare_out, naive_out = WORK / "job-out", WORK / "bare-out", WORK / "naive-out"
     spark_submit = Path(sys.executable).parent / "spark-submit"
     memory = os.environ.get("SPARK_DRIVER_MEMORY", "6g")
-    bare = [str(spark_submit), "--master", "local[*]", "--driver-memory", memory, "--conf",
-            "spark.ui.showConsoleProgress=false", str(ROOT / "bench" / "bare_read_write.py"), str(source),
-            str(bare_out)]  # fmt: skip
-    end_to_end(bare, "the bare read-and-write")  # warm-up: the CSV in the file cache
-    jobs, bares = [], []
+
+    def submitted(script: str, out: Path) -> list[str]:
+        return [str(spark_submit), "--master", "local[*]", "--driver-memory", memory, "--conf",
+                "spark.ui.showConsoleProgress=false", str(ROOT / "bench" / script), str(source), str(out)]  # fmt: skip
+
+    commands = {
+        "bare": (submitted("bare_read_write.py", bare_out), "the bare read-and-write"),
+        "job": (["./spark-submit.sh", "features", "--input", str(source), "--output", str(job_out)], "the feature job"),
+        "naive": (submitted("naive_features.py", naive_out), "the naive feature job"),
+    }
+    end_to_end(*commands["bare"])  # warm-up: the CSV in the file cache
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
     for _ in range(repeat):
-        bares.append(end_to_end(bare, "the bare read-and-write"))
-        jobs.append(end_to_end(job, "the feature job"))
-    shutil.rmtree(job_out, ignore_errors=True)
-    shutil.rmtree(bare_out, ignore_errors=True)
-    job_s, bare_s = statistics.median(s for s, _ in jobs), statistics.median(s for s, _ in bares)
-    return {f"{label}job_s": job_s, f"{label}bare_s": bare_s, f"{label}job_over_bare": job_s / bare_s,
-            f"{label}job_peak_mib": max(m for _, m in jobs), f"{label}bare_peak_mib": max(m for _, m in bares),
-            f"{label}job_runs": [s for s, _ in jobs], f"{label}bare_runs": [s for s, _ in bares]}  # fmt: skip
+        for name, (command, what) in commands.items():
+            runs[name].append(end_to_end(command, what))
+    for out in (job_out, bare_out, naive_out):
+        shutil.rmtree(out, ignore_errors=True)
+    figures: dict[str, object] = {}
+    for name, measured in runs.items():
+        figures[f"{label}{name}_s"] = statistics.median(s for s, _ in measured)
+        figures[f"{label}{name}_peak_mib"] = max(m for _, m in measured)
+        figures[f"{label}{name}_runs"] = [s for s, _ in measured]
+    figures[f"{label}job_over_bare"] = figures[f"{label}job_s"] / figures[f"{label}bare_s"]  # type: ignore[operator]
+    figures[f"{label}naive_over_bare"] = figures[f"{label}naive_s"] / figures[f"{label}bare_s"]  # type: ignore[operator]
+    figures[f"{label}job_over_naive"] = figures[f"{label}job_s"] / figures[f"{label}naive_s"]  # type: ignore[operator]
+    return figures
 
 
 def notebook_loop(df: pd.DataFrame, clients: list[str]) -> list[float | None]:
@@ -188,18 +202,23 @@ def main() -> int:
     print(f"\nfeature job on {figures['rows']} loans, {args.clients} clients ({os.cpu_count()} cores)")
     print(f"  feature job, end to end     {figures['job_s']:8.2f} s   peak memory {figures['job_peak_mib']:,.0f} MiB")
     print(f"  bare read+write, end to end {figures['bare_s']:8.2f} s   peak memory {figures['bare_peak_mib']:,.0f} MiB")
+    naive_s, naive_mib = figures["naive_s"], figures["naive_peak_mib"]
+    print(f"  naive features, end to end  {naive_s:8.2f} s   peak memory {naive_mib:,.0f} MiB")
     print(f"  per-client loop (scaled)    {figures['loop_s']:8.2f} s   from {figures['loop_sample_s']:.2f}s "
           f"on {figures['loop_sample_clients']} clients")  # fmt: skip
     print(f"  vectorized pandas           {figures['pandas_s']:8.2f} s")
     print(f"  loop / job                  {figures['loop_over_job']:8.1f} x")
     print(f"  job / bare read+write       {figures['job_over_bare']:8.2f} x   (target <= 1.5)")
+    print(f"  naive / bare read+write     {figures['naive_over_bare']:8.2f} x   (no validation, ties and ages wrong)")
+    print(f"  job / naive                 {figures['job_over_naive']:8.2f} x")
     print(f"  pandas / job                {figures['pandas_over_job']:8.2f} x")
     if args.scale:
         k = f"scale_{args.scale}_"
         print(f"  {args.scale}x data ({figures[k + 'rows']:,} loans): job {figures[k + 'job_s']:.1f} s "
               f"({figures[k + 'job_peak_mib']:,.0f} MiB), bare {figures[k + 'bare_s']:.1f} s "
               f"({figures[k + 'bare_peak_mib']:,.0f} MiB): {figures[k + 'job_over_bare']:.2f} x "
-              "(target <= 1.5)")  # fmt: skip
+              f"(target <= 1.5); naive {figures[k + 'naive_s']:.1f} s: {figures[k + 'naive_over_bare']:.2f} x "
+              f"bare, job / naive {figures[k + 'job_over_naive']:.2f} x")  # fmt: skip
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(figures, indent=2, default=str) + "\n")
     return 0

@@ -124,7 +124,7 @@ class StoreHolder:
                     self._store = OnlineStore.from_url(
                         redis_url(c), c["REDIS_CONNECT_TIMEOUT"], c["REDIS_SOCKET_TIMEOUT"],
                         prefix=c["REDIS_PREFIX"], version_cache_seconds=c["VERSION_CACHE_SECONDS"],
-                        codec=Codec.for_features(c["FEATURES"]),
+                        codec=Codec.for_features(c["FEATURES"]), coalesce=True,
                     )  # fmt: skip
         return self._store
 

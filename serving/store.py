@@ -46,6 +46,7 @@ from redis.retry import Retry
 
 from conf.settings import RedisSettings
 from contract import FEATURES, Feature
+from serving.coalesce import BatchedReads, gevent_patched
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -68,6 +69,10 @@ class StoreError(RuntimeError):
     """The online store cannot do what was asked (nothing published, an incomplete version, ...)."""
 
 
+# Connections per process (per node of a cluster); a command beyond them waits for one to be free.
+MAX_CONNECTIONS = 64
+
+
 class NotPublished(StoreError):
     """No version is active yet."""
 
@@ -83,7 +88,11 @@ def connect(url: str, connect_timeout: float, socket_timeout: float) -> Client:
         # One immediate retry on a broken connection only, so a restarted Redis is used again at once.
         "retry": Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
     }
-    single = redis.Redis.from_url(url, **options)
+    # A full pool makes a command wait (cooperatively, under gevent) for a connection, up to the timeouts:
+    # redis-py's default pool raises at once instead, a ConnectionError that a burst of requests would
+    # turn into 503s while Redis is fine.
+    pooling = {"max_connections": MAX_CONNECTIONS, "timeout": connect_timeout + socket_timeout}
+    single = redis.Redis.from_pool(redis.BlockingConnectionPool.from_url(url, **pooling, **options))
     try:
         clustered = single.info("cluster").get("cluster_enabled") == 1
     except redis.ResponseError:  # a server or proxy that does not know INFO cluster
@@ -91,7 +100,7 @@ def connect(url: str, connect_timeout: float, socket_timeout: float) -> Client:
     if not clustered:
         return single
     single.close()
-    return RedisCluster.from_url(url, **options)
+    return RedisCluster.from_url(url, connection_pool_class=redis.BlockingConnectionPool, **pooling, **options)
 
 
 def check_url(url: str) -> None:
@@ -219,8 +228,12 @@ class OnlineStore:
         version_cache_seconds: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         codec: Codec | None = None,
+        coalesce: bool = False,
     ) -> None:
+        """`coalesce`: under gevent, concurrent reads (the active version, a client's hash) share pipelined
+        round trips (`serving.coalesce`); the service sets it."""
         self._client = client
+        self._reads = BatchedReads(client) if coalesce and gevent_patched() else None
         self.prefix = prefix
         self.version_cache_seconds = version_cache_seconds
         self.codec = codec or Codec.for_features()
@@ -245,6 +258,11 @@ class OnlineStore:
     def clustered(self) -> bool:
         """Whether the store runs on a Redis Cluster."""
         return isinstance(self._client, RedisCluster)
+
+    @property
+    def coalescing(self) -> BatchedReads | None:
+        """The batcher of concurrent reads, when on (`coalesce` under gevent), with its counts."""
+        return self._reads
 
     def ping(self) -> bool:
         return bool(self._client.ping())
@@ -286,7 +304,7 @@ class OnlineStore:
         now = self._clock()
         if not fresh and self._cached and now - self._cached[1] < self.version_cache_seconds:
             return self._cached[0]
-        version = cast(str | None, self._client.get(self.active_key))
+        version = cast(str | None, (self._reads or self._client).get(self.active_key))
         self._cached = (version, now) if version else None
         return version
 
@@ -303,23 +321,28 @@ class OnlineStore:
 
     def read_version(self, version: str, client_id: int) -> dict[str, Any] | None:
         """The client's record in a given version (None when unknown): one HGETALL."""
-        fields = cast(dict[str, str], self._client.hgetall(self.client_key(version, client_id)))
+        key = self.client_key(version, client_id)
+        fields = cast(dict[str, str], self._reads.hgetall(key) if self._reads else self._client.hgetall(key))
         return self.codec.decode(fields) if fields else None
 
     def read_many(self, client_ids: Sequence[int]) -> tuple[str, list[dict[str, Any] | None]]:
         """The records of many clients from one version, in one pipelined round trip."""
         version = self._version()
-        pipe = self._client.pipeline(transaction=False)
-        for client_id in client_ids:
-            pipe.hgetall(self.client_key(version, client_id))
-        return version, [self.codec.decode(fields) if fields else None for fields in pipe.execute()]
+        return version, self.read_version_many(version, client_ids)
 
     def read_version_many(self, version: str, client_ids: Sequence[int]) -> list[dict[str, Any] | None]:
         """The records of many clients in a given version, in one pipelined round trip."""
-        pipe = self._client.pipeline(transaction=False)
-        for client_id in client_ids:
-            pipe.hgetall(self.client_key(version, client_id))
-        return [self.codec.decode(fields) if fields else None for fields in _execute(pipe)]
+        keys = [self.client_key(version, client_id) for client_id in client_ids]
+        if not keys:
+            return []
+        if self._reads:
+            answers = self._reads.many("hgetall", keys)
+        else:
+            pipe = self._client.pipeline(transaction=False)
+            for key in keys:
+                pipe.hgetall(key)
+            answers = _execute(pipe)
+        return [self.codec.decode(fields) if fields else None for fields in answers]
 
     def loading_versions(self) -> list[str]:
         """The versions a load is writing now (status loading, lease held), oldest first."""

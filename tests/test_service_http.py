@@ -196,6 +196,23 @@ def test_http_a_hung_redis_under_load_fails_fast_and_recovers(
     assert 2 <= len(redis_lines) <= 8, redis_lines  # per worker: opened, back (and maybe a count); never per 503
 
 
+def test_http_a_burst_beyond_the_redis_connection_pool_is_answered_200(service: Service, redis_url: str) -> None:
+    """400 connections on two workers, single and batch reads: more requests at once than redis-py's pool
+    has connections (100). Their reads share pipelines and wait for a connection: no 503, no breaker."""
+    published(redis_url, "v1", {i: CLIENTS[7] for i in range(1, 101)})
+    log_before = len(service.log_lines())
+
+    def path(n: int) -> str:
+        if n % 3:
+            return f"/v1/clients/{n % 100 + 1}/credit-risk"
+        ids = ", ".join(str((n + i) % 100 + 1) for i in range(20))
+        return f'/v1/credit-risk/batch {{"client_ids": [{ids}]}}'
+
+    answers = hammer(service.port, 400, 4.0, path)
+    assert len(answers) > 1000 and {a.status for a in answers} == {200}
+    assert [line for line in service.log_lines()[log_before:] if "Redis" in line] == []
+
+
 def test_http_slow_clients_cannot_hold_the_workers(service: Service) -> None:
     """16 connections trickle a header line per second; /health keeps answering at once."""
     trickling = [socket.create_connection(("127.0.0.1", service.port)) for _ in range(16)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import logging
 import subprocess
 import time
@@ -335,3 +336,70 @@ def test_store_commands_list_versions_and_roll_back(
     assert refused.value.code == 2
     err = capsys.readouterr().err
     assert "anyone can read in `ps`" in err and "pw@" not in err
+
+
+GEVENT_READS = """
+from gevent import monkey
+
+monkey.patch_all()
+import json
+import sys
+
+import gevent
+
+from serving.store import OnlineStore
+
+url, prefix, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+store = OnlineStore.from_url(url, 0.5, 2.0, prefix=prefix, coalesce=True)
+
+
+def read(client_id):
+    try:
+        return store.read(client_id)
+    except Exception as exc:
+        return type(exc).__name__
+
+
+def read_many(client_ids):
+    try:
+        return store.read_many(client_ids)
+    except Exception as exc:
+        return type(exc).__name__
+
+
+greenlets = [gevent.spawn(read, i) for i in range(1, count + 1)]
+batches = [gevent.spawn(read_many, ids) for ids in ([1, 2, 999], [6, 7, 8], [])]
+gevent.joinall(greenlets + batches)
+print(json.dumps({"answers": [g.value for g in greenlets], "many": [g.value for g in batches],
+                  "batches": store.coalescing.batches, "reads": store.coalescing.reads}))
+"""
+
+
+def test_store_concurrent_reads_under_gevent_share_round_trips_each_with_its_own_answer(
+    store: OnlineStore, store_url: str, tmp_path: Path
+) -> None:
+    records = {i: {"nb_previous_loans": i, "loan_date": f"2020-01-{i % 28 + 1:02d}"} for i in range(1, 120)}
+    load(store, "v1", records)
+    store.publish("v1")
+    # One client's key holds a string: that read alone fails (WRONGTYPE), the others are answered.
+    connect(store_url, 0.5, 1.0).set(store.client_key("v1", 7), "not a hash")
+    script = tmp_path / "reads.py"
+    script.write_text(GEVENT_READS)
+    run = subprocess.run([str(BIN / "python"), str(script), store_url, store.prefix, "150"], cwd=ROOT,
+                         env=clean_env(), capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    expected = ["ResponseError" if i == 7 else ["v1", records.get(i)] for i in range(1, 151)]
+    assert result["answers"] == expected
+    # A request reading several clients gets its own answers in order, or its own error.
+    assert result["many"] == [["v1", [records[1], records[2], None]], "ResponseError", ["v1", []]]
+    # Each greenlet reads the active version (nothing cached yet), then its clients: 153 + 150 + 6 reads,
+    # sharing a handful of pipelines rather than 306 round trips (and as many connections: beyond
+    # redis-py's pool of 100).
+    assert result["reads"] == 153 + 150 + 6
+    assert 2 <= result["batches"] <= 10
+
+
+def test_store_reads_go_straight_to_redis_outside_gevent(redis_url: str) -> None:
+    store = OnlineStore.from_url(redis_url, 0.5, 1.0, coalesce=True)
+    assert store.coalescing is None

@@ -10,21 +10,12 @@ fast and wrong, the yardstick a user may hold the feature job against.
 
 import sys
 
-from pyspark.sql import SparkSession, Window
+from bare_read_write import read_loans  # the same session and reader (spark-submit puts bench/ on the path)
+from pyspark.sql import Window
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
-
-from conf import load_settings
-from contract import RAW_COLUMNS
-from spark_jobs.session import build_session
-from spark_jobs.source import RAW_RECORD, READER_OPTIONS
 
 if __name__ == "__main__":
-    source, out = sys.argv[1], sys.argv[2]
-    SparkSession.builder.config("spark.ui.enabled", "false").getOrCreate()
-    spark = build_session(load_settings().spark, "naive")
-    schema = T.StructType([T.StructField(c, T.StringType()) for c in (*RAW_COLUMNS, RAW_RECORD)])
-    loans = spark.read.csv(source, schema=schema, header=True, multiLine=False, **READER_OPTIONS)
+    spark, loans = read_loans(sys.argv[1], "naive")
     loan_date = F.to_date("loan_date")
     earlier = Window.partitionBy("id").orderBy(loan_date).rowsBetween(Window.unboundedPreceding, -1)
     features = loans.select(
@@ -38,5 +29,5 @@ if __name__ == "__main__":
         F.when(F.col("flag_own_car") == "Y", 1).otherwise(0).alias("flag_own_car"),
         F.col("status").cast("int").alias("status"),
     )
-    features.write.mode("overwrite").parquet(out)
+    features.write.mode("overwrite").parquet(sys.argv[2])
     spark.stop()

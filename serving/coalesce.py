@@ -34,6 +34,11 @@ class BatchedReads:
     with all of them."""
 
     def __init__(self, client: Any, batch_limit: int = 1024) -> None:
+        import gevent
+        from gevent.event import AsyncResult
+
+        self._yield = gevent.sleep
+        self._waiter = AsyncResult
         self._client = client
         self._batch_limit = batch_limit
         self._pending: list[tuple[str, Sequence[str], Any]] = []
@@ -49,15 +54,12 @@ class BatchedReads:
 
     def many(self, command: str, keys: Sequence[str]) -> list[Any]:
         """`command` on each key, in order; an error answering any of them is raised."""
-        import gevent
-        from gevent.event import AsyncResult
-
-        waiter = AsyncResult()
+        waiter = self._waiter()
         self._pending.append((command, keys, waiter))
         if not self._gathering:
             self._gathering = True
             try:
-                gevent.sleep(0)  # the greenlets readable in this turn of the loop add their keys
+                self._yield(0)  # the greenlets readable in this turn of the loop add their keys
             finally:
                 pending, self._pending = self._pending, []
                 self._gathering = False

@@ -128,14 +128,14 @@ def spark_figures(source: Path, repeat: int, label: str = "") -> dict[str, objec
             runs[name].append(end_to_end(command, what))
     for out in (job_out, bare_out, naive_out):
         shutil.rmtree(out, ignore_errors=True)
+    seconds = {name: statistics.median(s for s, _ in measured) for name, measured in runs.items()}
     figures: dict[str, object] = {}
     for name, measured in runs.items():
-        figures[f"{label}{name}_s"] = statistics.median(s for s, _ in measured)
+        figures[f"{label}{name}_s"] = seconds[name]
         figures[f"{label}{name}_peak_mib"] = max(m for _, m in measured)
         figures[f"{label}{name}_runs"] = [s for s, _ in measured]
-    figures[f"{label}job_over_bare"] = figures[f"{label}job_s"] / figures[f"{label}bare_s"]  # type: ignore[operator]
-    figures[f"{label}naive_over_bare"] = figures[f"{label}naive_s"] / figures[f"{label}bare_s"]  # type: ignore[operator]
-    figures[f"{label}job_over_naive"] = figures[f"{label}job_s"] / figures[f"{label}naive_s"]  # type: ignore[operator]
+    for slower, faster in (("job", "bare"), ("naive", "bare"), ("job", "naive")):
+        figures[f"{label}{slower}_over_{faster}"] = seconds[slower] / seconds[faster]
     return figures
 
 

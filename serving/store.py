@@ -322,7 +322,7 @@ class OnlineStore:
     def read_version(self, version: str, client_id: int) -> dict[str, Any] | None:
         """The client's record in a given version (None when unknown): one HGETALL."""
         key = self.client_key(version, client_id)
-        fields = cast(dict[str, str], self._reads.hgetall(key) if self._reads else self._client.hgetall(key))
+        fields = cast(dict[str, str], (self._reads or self._client).hgetall(key))
         return self.codec.decode(fields) if fields else None
 
     def read_many(self, client_ids: Sequence[int]) -> tuple[str, list[dict[str, Any] | None]]:

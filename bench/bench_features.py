@@ -1,6 +1,7 @@
 """Benchmark of the feature job, with every figure measured side by side in one run.
 
     .venv/bin/python -m bench.bench_features [--clients 36457] [--repeat 3] [--loop-sample 300] [--scale 10]
+        [--copies 5]
 
 On the same generated CSV it times: the feature job (`spark_jobs.features.run`); a bare Spark
 read-and-write of the same CSV with the same reader options (Spark's floor); the five features
@@ -9,7 +10,8 @@ scientists' per-client loop
 (notebook 1: for each client, for each loan, the mean of the amounts on strictly earlier dates),
 timed on a sample of clients and scaled by the client count; and a vectorized pandas version of the
 two window features. Spark figures are medians of `--repeat` alternating runs after one warm-up.
-`--scale N` also runs the three Spark jobs once on N times the data.
+`--scale N` also runs the three Spark jobs once on N times the data, `--copies P` once on the data with
+P% of its loans read twice (exact copies appended), which the job compares whole.
 Results are printed and written to `bench/results/features.json`.
 """
 
@@ -48,6 +50,24 @@ def dataset(clients: int, seed: int = 42) -> Path:
         started = time.perf_counter()
         rows = write_csv(path, clients, seed)
         print(f"generated {rows} rows for {clients} clients in {time.perf_counter() - started:.1f}s")
+    return path
+
+
+def with_copies(source: Path, percent: int) -> Path:
+    """`source` with `percent`% of its loans read twice (every n-th data line appended again): the rows
+    the job compares whole, as a lender's export with duplicates has them. Made once and reused."""
+    path = source.with_name(f"{source.stem}-copies{percent}{source.suffix}")
+    if not path.exists():
+        step = max(1, round(100 / percent))
+        with source.open(encoding="utf-8") as lines, path.open("w", encoding="utf-8") as out:
+            header = next(lines)
+            out.write(header)
+            copies = []
+            for index, line in enumerate(lines):
+                out.write(line)
+                if index % step == 0:
+                    copies.append(line)
+            out.writelines(copies)
     return path
 
 
@@ -183,6 +203,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--loop-sample", type=int, default=300)
     parser.add_argument("--scale", type=int, default=0, help="also run on this many times the data (0: skip)")
+    parser.add_argument("--copies", type=int, default=5,
+                        help="also run on the data with this percentage of loans read twice (0: skip)")  # fmt: skip
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     source = dataset(args.clients)
@@ -197,6 +219,8 @@ def main() -> int:
         big = dataset(args.clients * args.scale)
         figures[f"scale_{args.scale}_rows"] = sum(1 for _ in big.open()) - 1
         figures |= spark_figures(big, 1, f"scale_{args.scale}_")
+    if args.copies:
+        figures |= spark_figures(with_copies(source, args.copies), 1, f"copies_{args.copies}_")
     figures["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
 
     print(f"\nfeature job on {figures['rows']} loans, {args.clients} clients ({os.cpu_count()} cores)")
@@ -219,6 +243,11 @@ def main() -> int:
               f"({figures[k + 'bare_peak_mib']:,.0f} MiB): {figures[k + 'job_over_bare']:.2f} x "
               f"(target <= 1.5); naive {figures[k + 'naive_s']:.1f} s: {figures[k + 'naive_over_bare']:.2f} x "
               f"bare, job / naive {figures[k + 'job_over_naive']:.2f} x")  # fmt: skip
+    if args.copies:
+        k = f"copies_{args.copies}_"
+        print(f"  {args.copies}% of the loans read twice: job {figures[k + 'job_s']:.1f} s, bare "
+              f"{figures[k + 'bare_s']:.1f} s: {figures[k + 'job_over_bare']:.2f} x; naive "
+              f"{figures[k + 'naive_s']:.1f} s, job / naive {figures[k + 'job_over_naive']:.2f} x")  # fmt: skip
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(figures, indent=2, default=str) + "\n")
     return 0

@@ -8,6 +8,7 @@ readers (the service's ids) both use them.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 
 RAW_COLUMNS: tuple[str, ...] = (
@@ -47,6 +48,14 @@ def parse_whole_number(text: str | None) -> int | None:
         return None
     value = int(significant or "0")
     return value if 1 <= value <= MAX_ID else None
+
+
+def parse_decimal(text: str | None) -> float | None:
+    """The Python form of a finite decimal number (optionally with an exponent), else None."""
+    if text is None or not re.fullmatch(DECIMAL_NUMBER, text, re.ASCII):
+        return None
+    value = float(text)
+    return value if math.isfinite(value) else None
 
 
 def parse_date(text: str | None) -> dt.date | None:

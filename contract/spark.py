@@ -10,7 +10,6 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from contract.features import FEATURE_NAMES, MAX_AGE_YEARS, MAX_YEARS_ON_THE_JOB
-from contract.raw import DECIMAL_NUMBER, ISO_DATE, WHOLE_NUMBER
 
 # The parsed key columns the job adds to a raw row (see `spark_jobs.features.parse_keys`).
 CLIENT, LOAN_ID, LOAN_DATE, LOAN_AMOUNT = "_id", "_loan_id", "_loan_date", "_loan_amount"
@@ -18,22 +17,42 @@ CLIENT, LOAN_ID, LOAN_DATE, LOAN_AMOUNT = "_id", "_loan_id", "_loan_date", "_loa
 
 def parse_whole_number(value: Column) -> Column:
     """A whole number in 1 .. 2^63-1 written as plain digits, else null."""
-    number = F.when(value.rlike(WHOLE_NUMBER), value.try_cast("long"))
-    return F.when(number >= 1, number)
+    # Exactly the WHOLE_NUMBER pattern, without running it on every value (a pattern match costs more than
+    # the cast): the cast also reads a sign or padding, but the number's digits, zero-padded to the text's
+    # length, equal the text only when the text is plain digits.
+    number = value.try_cast("long")
+    return F.when((number >= 1) & (F.lpad(number.cast("string"), F.length(value), "0") == value), number)
 
 
 def parse_date(value: Column) -> Column:
     """A real calendar date written `yyyy-MM-dd` (years 0001 .. 9999), else null."""
-    # A cast is the cheapest exact read of a value the pattern admits: an impossible day is null, as with
-    # to_date's strict yyyy-MM-dd, at half the cost.
-    date = F.when(value.rlike(ISO_DATE), value.try_cast("date"))
-    return F.when(F.year(date) >= 1, date)
+    # Exactly the ISO_DATE pattern and a real day, without running the pattern on every value: the cast
+    # reads an impossible day as null, and also reads `2020-1-5`, `+2020-01-05` or `2020-01-05T10`; a
+    # date in years 1 .. 9999 is written back as `yyyy-MM-dd`, so it equals the text only when the text
+    # is that form.
+    date = value.try_cast("date")
+    return F.when((F.year(date) >= 1) & (F.year(date) <= 9999) & (date.cast("string") == value), date)
 
 
 def parse_decimal(value: Column) -> Column:
     """A finite decimal number (optionally with an exponent), else null."""
-    number = F.when(value.rlike(DECIMAL_NUMBER), value.try_cast("double"))
-    return F.when(~F.isnan(number) & (F.abs(number) < F.lit(float("inf"))), number)
+    # Exactly the DECIMAL_NUMBER pattern, without running it on every value: the cast reads Java's
+    # floating-point literals, which are the pattern's plus padding, `Infinity` and `NaN`, a type suffix
+    # (`1.5d`) and hexadecimal (`0x1p3`). Of those, a literal that starts with a digit, sign or point, ends
+    # with a digit or point and holds no `x` is the pattern's.
+    number = value.try_cast("double")
+    first, last = F.substring(value, 1, 1), F.substring(value, -1, 1)
+    shape = (
+        (_is_digit(first) | first.isin("+", "-", "."))
+        & (_is_digit(last) | (last == "."))
+        & ~value.contains("x")
+        & ~value.contains("X")
+    )
+    return F.when(shape & ~F.isnan(number) & (F.abs(number) < F.lit(float("inf"))), number)
+
+
+def _is_digit(character: Column) -> Column:
+    return (character >= F.lit("0")) & (character <= F.lit("9"))
 
 
 def whole_years(start: Column, end: Column) -> Column:

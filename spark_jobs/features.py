@@ -11,13 +11,14 @@ The transforms below are pure `DataFrame -> DataFrame` functions; `run` does the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import glob
 import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from spark_jobs.errors import error_line
 from spark_jobs.output import OutputError, StagedOutput
 from spark_jobs.report import summary
 from spark_jobs.session import build_session
-from spark_jobs.source import RAW_RECORD, InputError, Limits, SourceFile, paths_of, read_raw
+from spark_jobs.source import RAW_RECORD, InputError, Limits, SourceFile, paths_of, read_files, read_raw
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +59,19 @@ def key_by_client(raw: DataFrame) -> DataFrame:
     return keyed.repartition("_id")
 
 
+def normalized(column: str, value: Column | None = None) -> Column:
+    """A raw column (or `value`, named `column`) as the contract reads it: text, trimmed, empty as null."""
+    trimmed = F.btrim((F.col(column) if value is None else value).cast("string"), F.lit(TRIMMED))
+    return F.when(trimmed != "", trimmed).alias(column)
+
+
 def normalize(rows: DataFrame) -> DataFrame:
-    """Keep the contract's columns as text, trimmed, an empty value as null (and `_id` if present).
+    """Keep the contract's columns, normalized (and `_id` if present).
 
     `raw_record` (the text of a malformed record) is kept as read.
     """
     keep = ([F.col("_id")] if "_id" in rows.columns else []) + [F.col(RAW_RECORD)]
-    trimmed = rows.select(*keep, *[F.btrim(F.col(c).cast("string"), F.lit(TRIMMED)).alias(c) for c in RAW_COLUMNS])
-    return trimmed.select(*keep, *[F.when(F.col(c) != "", F.col(c)).alias(c) for c in RAW_COLUMNS])
+    return rows.select(*keep, *[normalized(c) for c in RAW_COLUMNS])
 
 
 def drop_exact_duplicates(rows: DataFrame) -> DataFrame:
@@ -89,7 +95,8 @@ def parse_keys(rows: DataFrame) -> DataFrame:
 
 def distinct_parsed(raw: DataFrame) -> DataFrame:
     """The raw rows keyed by client, normalized, one per distinct row (`_copies`), their keys parsed: what
-    `validate` checks, in the feature job and in the stream alike."""
+    `validate` checks in the stream, whose micro-batches are small enough to compare every row whole. The
+    feature job reaches the same rows by a cheaper route (`key_rows` below)."""
     return raw.transform(key_by_client).transform(normalize).transform(drop_exact_duplicates).transform(parse_keys)
 
 
@@ -103,6 +110,22 @@ def conflicting_loan_ids(parsed: DataFrame) -> DataFrame:
     )
 
 
+def row_reason(as_of: dt.date | None) -> Column:
+    """The first reason a row is rejected for on its own (every reason but `duplicate_loan_id`), or null,
+    over its parsed keys, `status` and `raw_record`."""
+    status = F.col("status")
+    as_of_date = F.lit(as_of) if as_of else F.lit(None).cast("date")
+    return (
+        F.when(F.col(RAW_RECORD).isNotNull(), "malformed_record")
+        .when(F.col("_id").isNull(), "invalid_id")
+        .when(F.col("_loan_id").isNull(), "invalid_loan_id")
+        .when(F.col("_loan_date").isNull(), "invalid_loan_date")
+        .when(F.col("_loan_amount").isNull() | (F.col("_loan_amount") <= 0), "invalid_loan_amount")
+        .when(status.isNotNull() & ~status.isin("0", "1"), "invalid_status")
+        .when(F.col("_loan_date") > as_of_date, "future_loan_date")
+    )
+
+
 def validate(parsed: DataFrame, as_of: dt.date | None = None, conflicts: DataFrame | None = None) -> DataFrame:
     """Add `reason`: the first rejection reason that applies to the row, or null when accepted.
 
@@ -111,19 +134,79 @@ def validate(parsed: DataFrame, as_of: dt.date | None = None, conflicts: DataFra
     # Which of the rows sharing a loan_id is true cannot be known, so all of them are rejected.
     shared = conflicting_loan_ids(parsed) if conflicts is None else conflicts
     joined = parsed.join(F.broadcast(shared), on="_loan_id", how="left")
-    status = F.col("status")
-    as_of_date = F.lit(as_of) if as_of else F.lit(None).cast("date")
-    reason = (
-        F.when(F.col(RAW_RECORD).isNotNull(), "malformed_record")
-        .when(F.col("_id").isNull(), "invalid_id")
-        .when(F.col("_loan_id").isNull(), "invalid_loan_id")
-        .when(F.col("_loan_date").isNull(), "invalid_loan_date")
-        .when(F.col("_loan_amount").isNull() | (F.col("_loan_amount") <= 0), "invalid_loan_amount")
-        .when(status.isNotNull() & ~status.isin("0", "1"), "invalid_status")
-        .when(F.col("_loan_date") > as_of_date, "future_loan_date")
-        .when(F.col("_sharing").isNotNull(), "duplicate_loan_id")
-    )
+    reason = row_reason(as_of).when(F.col("_sharing").isNotNull(), "duplicate_loan_id")
     return joined.withColumn(REASON, reason).drop("_sharing")
+
+
+# ---------------------------------------------------------------- the feature job's route to the same rows
+#
+# `distinct_parsed` compares every row with every other on all 24 columns. The feature job reaches the same
+# distinct rows cheaper: exact copies and conflicting rows always share a loan_id, so a first pass over the
+# loan_ids alone finds the few read more than once, and only their rows (and the rows rejected on their
+# own, which the quarantine keeps whole) carry all their columns through the shuffle, the exact-duplicate
+# aggregate and the conflict check. Every other row is accepted as it is read (its loan_id is its own: no
+# copy, no conflict) and travels with just the columns the features read.
+
+# The raw columns validation and the features read besides `raw_record`; the others only go to the quarantine.
+KEYS = ("_id", "_loan_id", "_loan_date", "_loan_amount")
+FEATURE_TEXT = ("status", "birthday", "job_start_date", "flag_own_car")
+WHOLE_ROW = "_row"  # struct: a row's 24 columns as read and `raw_record`; null on a lone row
+READ_TWICE = "_read_twice"
+
+
+def loan_ids_read_twice(loan_ids: DataFrame) -> DataFrame:
+    """The loan_ids that two or more rows hold, copies included (`loan_ids` holds the column `loan_id` as
+    read): the loan_id of every exact duplicate and of every conflict is one of them."""
+    # A plain cast, not `parse_whole_number` (whose pattern check costs as much as the rest of the pass):
+    # it gives the same number for every loan_id that parses, and numbers for some that do not (`+7`),
+    # whose rows are rejected, so carried whole, anyway.
+    key = F.btrim(F.col("loan_id"), F.lit(TRIMMED)).try_cast("long")
+    return (
+        loan_ids.select(key.alias("_loan_id"))
+        .where(F.col("_loan_id").isNotNull())
+        .groupBy("_loan_id")
+        .agg(F.count(F.lit(1)).alias("_rows"))
+        .where(F.col("_rows") > 1)
+        .select("_loan_id", F.lit(True).alias(READ_TWICE))
+    )
+
+
+def key_rows(raw: DataFrame, read_twice: DataFrame, as_of: dt.date | None) -> DataFrame:
+    """Every row read, gathered by client in the job's one full shuffle: its parsed keys and the normalized
+    columns the features read, and in `_row`, only when its loan_id is read twice or it is rejected on its
+    own, all its columns and `raw_record` (normalized by `whole_rows`)."""
+    read = {"id", "loan_id", "loan_date", "loan_amount", *FEATURE_TEXT}
+    # The other columns are normalized after the shuffle, on the rows that keep them (in the struct they
+    # would be normalized on every row).
+    parsed = raw.select(*[normalized(c) if c in read else c for c in RAW_COLUMNS], RAW_RECORD).transform(parse_keys)
+    joined = parsed.join(F.broadcast(read_twice), on="_loan_id", how="left")
+    whole = row_reason(as_of).isNotNull() | F.col(READ_TWICE).isNotNull()
+    row = F.when(whole, F.struct(*RAW_COLUMNS, RAW_RECORD)).alias(WHOLE_ROW)
+    return joined.select(*KEYS, *FEATURE_TEXT, row).repartition("_id")
+
+
+def lone_rows(keyed: DataFrame) -> DataFrame:
+    """The rows of `key_rows` that travel narrow: accepted, each read once (`_copies` 1)."""
+    return keyed.where(F.col(WHOLE_ROW).isNull()).select(*KEYS, *FEATURE_TEXT, F.lit(1).cast("long").alias(COPIES))
+
+
+def whole_rows(keyed: DataFrame) -> DataFrame:
+    """The rows of `key_rows` that carry all their columns, one per distinct row (`_copies`), normalized and
+    parsed: what `validate` checks. Every row of a loan_id that two rows share is one of them."""
+    row = F.struct(*[normalized(c, F.col(f"{WHOLE_ROW}.{c}")) for c in RAW_COLUMNS], f"{WHOLE_ROW}.{RAW_RECORD}")
+    distinct = (
+        keyed.where(F.col(WHOLE_ROW).isNotNull())
+        .select(*KEYS, row.alias(WHOLE_ROW))
+        .groupBy(*KEYS, WHOLE_ROW)  # the keys are the row's own, parsed; `_id` keeps it within the partitions
+        .agg(F.count(F.lit(1)).alias(COPIES))
+    )
+    return distinct.select(*KEYS, COPIES, f"{WHOLE_ROW}.*")
+
+
+def accepted_rows(lone: DataFrame, checked: DataFrame) -> DataFrame:
+    """The lone rows and the accepted checked rows, with what `add_features` reads. Both keep the client
+    partitioning of `key_rows`, so their union needs no shuffle before the features' window."""
+    return lone.unionByName(checked.where(F.col(REASON).isNull()).select(*KEYS, *FEATURE_TEXT, COPIES))
 
 
 def add_features(accepted: DataFrame) -> DataFrame:
@@ -238,67 +321,109 @@ def source_report(sources: Sequence[SourceFile]) -> list[dict[str, Any]]:
             for s in sources]  # fmt: skip
 
 
+# The SQL settings the job's plans are made under (and the session's own restored after).
+JOB_SQL_SETTINGS = {
+    # The job's caches live for one run: compressing them (a dictionary per column) costs more time than
+    # the memory it saves.
+    "spark.sql.inMemoryColumnarStorage.compressed": "false",
+    # Adaptive execution would hide the cached rows' partitioning by client from the plans that read them,
+    # and the features' window would shuffle every row a second time. The job's shuffles are sized by
+    # [spark] shuffle_partitions, which adaptive execution would only have coalesced.
+    "spark.sql.adaptive.enabled": "false",
+    # Its aggregates have about as many groups as rows (one per loan_id, one per distinct checked row):
+    # pre-aggregating before the shuffle would only copy them once more.
+    "spark.sql.execution.bypassPartialAggregation": "true",
+}
+
+
+@contextlib.contextmanager
+def sql_settings(spark: SparkSession, settings: dict[str, str]) -> Iterator[None]:
+    """Run with these SQL settings, then put back what the session had."""
+    before = {key: spark.conf.get(key, None) for key in settings}
+    for key, value in settings.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, previous in before.items():
+            if previous is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, previous)
+
+
 def run(spark: SparkSession, args: FeatureJobArgs) -> dict[str, Any]:
     """Read, transform and write; returns the report. Outputs appear only if everything succeeded."""
     started = time.perf_counter()
     started_at = dt.datetime.now(dt.UTC)
     staged = StagedOutput(spark, args.output)  # checks the output is a folder before any work
-    # The job's caches live for one run: compressing them (a dictionary per column) costs more time
-    # than the memory it saves.
-    spark.conf.set("spark.sql.inMemoryColumnarStorage.compressed", "false")
     log.info("reading %s (as of %s)", args.input, args.as_of or "no limit")
     raw, sources = read_raw(spark, args.input, args.limits)
-    # Cached: both outputs and the conflict check read the distinct rows, parsed once.
-    parsed = distinct_parsed(raw).persist(StorageLevel.MEMORY_AND_DISK)
-    # Both outputs need the conflicting loan_ids: cached, the aggregate runs once, not once per output.
-    conflicts = conflicting_loan_ids(parsed).persist(StorageLevel.MEMORY_AND_DISK)
-    checked = validate(parsed, args.as_of, conflicts)
-    # Cached as the features are written: the clients' history is their last rows, not a second window.
-    features = add_features(checked.where(F.col(REASON).isNull())).persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        # Counted first, with every core on it: this fills the distinct rows' cache before the outputs read
-        # it (written concurrently, the features' plan would wait on the same cache blocks).
-        step = time.perf_counter()
-        shared = conflicts.count()
-        log.info(
-            "distinct rows parsed in %.1fs; %d loan_id(s) shared by different rows", time.perf_counter() - step, shared
+    with sql_settings(spark, JOB_SQL_SETTINGS):
+        # Small, and read by the keyed rows' plan: cached, the pass over the loan_ids runs once.
+        read_twice = loan_ids_read_twice(read_files(spark, sources, only="loan_id")).persist(
+            StorageLevel.MEMORY_AND_DISK
         )
-        accepted_obs, rejected_obs = Observation("accepted"), Observation("rejected")
-        step = time.perf_counter()
-        to_features_output(feature_metrics(features, accepted_obs)).write.parquet(staged.path("features"))
-        log.info("features written in %.1fs", time.perf_counter() - step)
-        step = time.perf_counter()
-        to_clients_output(features).write.parquet(staged.path("clients"))
-        log.info("clients' history written in %.1fs", time.perf_counter() - step)
-        step = time.perf_counter()
-        quarantine = to_quarantine_output(quarantine_metrics(rejected_rows(checked), rejected_obs))
-        quarantine.write.parquet(staged.path("quarantine"))
-        log.info("quarantine written in %.1fs", time.perf_counter() - step)
-        report = {
-            "input": args.input,
-            "output": args.output,
-            "as_of": args.as_of.isoformat() if args.as_of else None,
-            **build_report(accepted_obs.get, rejected_obs.get),
-            "files": source_report(sources),
-            "started_at": started_at.isoformat(timespec="seconds"),
-            "run_seconds": round(time.perf_counter() - started, 3),
-            "spark_version": spark.version,
-        }
-        if report["rows_accepted"] == 0 and not args.allow_empty:
-            raise InputError(
-                f"input {args.input} has no accepted row ({report['rows_read']} read, {report['rows_rejected']} "
-                f"rejected): the outputs in {args.output} were left as they were (--allow-empty publishes empty ones)"
+        # Cached: both outputs and the conflict check read the keyed rows (and filters on the cache are not
+        # pushed below its shuffle, where they would read the CSV once per filter).
+        keyed = key_rows(raw, read_twice, args.as_of).persist(StorageLevel.MEMORY_AND_DISK)
+        whole = whole_rows(keyed)
+        # Both outputs need the conflicting loan_ids: cached, the aggregate runs once, not once per output.
+        conflicts = conflicting_loan_ids(whole).persist(StorageLevel.MEMORY_AND_DISK)
+        checked = validate(whole, args.as_of, conflicts)
+        # Cached as the features are written: the clients' history is their last rows, not a second window.
+        features = add_features(accepted_rows(lone_rows(keyed), checked)).persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            step = time.perf_counter()
+            twice = read_twice.count()
+            log.info("loan_ids read in %.1fs: %d held by more than one row", time.perf_counter() - step, twice)
+            # Counted first, with every core on it: this fills the keyed rows' cache before the outputs read
+            # it (written concurrently, the features' plan would wait on the same cache blocks).
+            step = time.perf_counter()
+            shared = conflicts.count()
+            log.info(
+                "distinct rows parsed in %.1fs; %d loan_id(s) shared by different rows",
+                time.perf_counter() - step,
+                shared,
             )
-        staged.write_text("report.json", json.dumps(report, indent=2) + "\n")
-        staged.publish(["features", "quarantine", "clients", "report.json"])
-    except BaseException:
-        staged.discard()
-        raise
-    finally:
-        features.unpersist()
-        conflicts.unpersist()
-        parsed.unpersist()
-    return report
+            accepted_obs, rejected_obs = Observation("accepted"), Observation("rejected")
+            step = time.perf_counter()
+            to_features_output(feature_metrics(features, accepted_obs)).write.parquet(staged.path("features"))
+            log.info("features written in %.1fs", time.perf_counter() - step)
+            step = time.perf_counter()
+            to_clients_output(features).write.parquet(staged.path("clients"))
+            log.info("clients' history written in %.1fs", time.perf_counter() - step)
+            step = time.perf_counter()
+            quarantine = to_quarantine_output(quarantine_metrics(rejected_rows(checked), rejected_obs))
+            quarantine.write.parquet(staged.path("quarantine"))
+            log.info("quarantine written in %.1fs", time.perf_counter() - step)
+            report = {
+                "input": args.input,
+                "output": args.output,
+                "as_of": args.as_of.isoformat() if args.as_of else None,
+                **build_report(accepted_obs.get, rejected_obs.get),
+                "files": source_report(sources),
+                "started_at": started_at.isoformat(timespec="seconds"),
+                "run_seconds": round(time.perf_counter() - started, 3),
+                "spark_version": spark.version,
+            }
+            if report["rows_accepted"] == 0 and not args.allow_empty:
+                raise InputError(
+                    f"input {args.input} has no accepted row ({report['rows_read']} read, {report['rows_rejected']} "
+                    f"rejected): the outputs in {args.output} were left as they were "
+                    "(--allow-empty publishes empty ones)"
+                )
+            staged.write_text("report.json", json.dumps(report, indent=2) + "\n")
+            staged.publish(["features", "quarantine", "clients", "report.json"])
+        except BaseException:
+            staged.discard()
+            raise
+        finally:
+            features.unpersist()
+            conflicts.unpersist()
+            keyed.unpersist()
+            read_twice.unpersist()
+        return report
 
 
 def parse_args(argv: Sequence[str] | None, settings: Settings) -> FeatureJobArgs:

@@ -210,21 +210,28 @@ def _field_names(header: Sequence[str]) -> list[str]:
     return [name if ok else f"_c{i}" for i, (name, ok) in enumerate(zip(header, usable, strict=True))]
 
 
-def read_files(spark: SparkSession, sources: Iterable[SourceFile]) -> DataFrame:
-    """The contract's 24 columns as text plus `raw_record`, each file's columns taken by name from its header."""
+def read_files(spark: SparkSession, sources: Iterable[SourceFile], only: str | None = None) -> DataFrame:
+    """The contract's 24 columns as text plus `raw_record`, each file's columns taken by name from its header.
+
+    With `only` (a contract column), just that column as the reader tokenizes it, with no check of the
+    record's shape: the CSV reader then parses that one field of each record (a malformed record gives
+    whatever its field at that place holds).
+    """
     groups: dict[tuple[tuple[str, ...], bool], list[SourceFile]] = defaultdict(list)
     for source in sources:
         groups[(source.header, source.multiline)].append(source)
     frames = []
     for (header, multiline), members in groups.items():
         names = _field_names(header)
-        schema = T.StructType(
-            [T.StructField(n, T.StringType()) for n in names] + [T.StructField(RAW_RECORD, T.StringType())]
-        )
+        record = [] if only else [T.StructField(RAW_RECORD, T.StringType())]
+        schema = T.StructType([T.StructField(n, T.StringType()) for n in names] + record)
         indexes = column_indexes(members[0])
         frame = spark.read.csv(
             [m.path for m in members], schema=schema, header=True, multiLine=multiline, **READER_OPTIONS
         )
+        if only:
+            frames.append(frame.select(F.col(f"`{names[indexes[only]]}`").alias(only)))
+            continue
         broken = F.col(RAW_RECORD).isNotNull()
         # The columns of a malformed record are whatever its fields happened to be: left empty.
         frames.append(frame.select(

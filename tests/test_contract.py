@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import datetime as dt
+import json
 from pathlib import Path
 
 import pytest
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from conf import load_settings
-from contract import FEATURE_NAMES, FEATURES, Feature, Imputation
+from contract import FEATURE_NAMES, FEATURES, Feature, Imputation, raw
+from contract import spark as contract_spark
 from model import train
 from serving import schemas
 from serving.app import create_app
@@ -93,3 +98,45 @@ def test_contract_no_stage_imports_the_spark_jobs(package: str) -> None:
                 names = [node.module]
             offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] == "spark_jobs"]
     assert offenders == []
+
+
+# Values a reader of ids and dates meets: valid ones at the edges, and what a cast alone would accept.
+WHOLE_NUMBER_TEXTS = [
+    "7", "007", "00000000000000000000000001", "9223372036854775807", "9223372036854775808", "0", "00", "+7", "-7",
+    "7.0", "7.", "1e3", "0x10", " 7", "7\x0b", "\x0c7", "12 3", "1_000", "\u0663", "",
+]  # fmt: skip
+DATE_TEXTS = [
+    "2020-02-29", "0001-01-01", "0999-12-31", "1582-10-10", "9999-12-31", "3021-09-18", "2021-02-29", "2020-13-01",
+    "2020-00-10", "0000-01-01", "2020-1-05", "2020-01-5", "+2020-01-05", "-2020-01-05", "20200-01-05",
+    "10000-01-01", "2020-01-05T10", "2020-01-5T", "2020-01-05T", "2020-01-05 ", "2020-01-05\x0b", "\x0c2020-01-05",
+    "2020", "2020-01", "1-01-01", "\u0662\u0660\u0662\u0660-01-05", "",
+]  # fmt: skip
+
+DECIMAL_TEXTS = [
+    "100", "1.5", "1.", ".5", "+.5e-3", "-0.0", "1e5", "1E-5", "00.5", "1e400", ".", "1e", "1e+", "e5", "+", "5..",
+    "1.5.2", "++1", "1d", "1.5f", "1e5D", "0x1p3", "0X10", "Infinity", "-Infinity", "NaN", "inf", "+inf", " 1",
+    "1 ", "\x0b1", "1\x0b", "1,000", "1_000", "\u0661", "",
+]  # fmt: skip
+READERS = {
+    "whole": (WHOLE_NUMBER_TEXTS, contract_spark.parse_whole_number, raw.parse_whole_number),
+    "date": (DATE_TEXTS, contract_spark.parse_date, raw.parse_date),
+    "decimal": (DECIMAL_TEXTS, contract_spark.parse_decimal, raw.parse_decimal),
+}
+
+
+def test_contract_ids_dates_and_amounts_read_the_same_in_spark_and_in_python(spark: SparkSession) -> None:
+    """The Spark reading of a whole number, a date and a decimal (a cast checked against the text) is the
+    pattern's reading, which the Python form applies literally."""
+    cases = [(kind, text) for kind, (texts, _, _) in READERS.items() for text in texts]
+    frame = spark.createDataFrame(cases, "kind string, text string")
+    value = F.to_json(F.struct(*[
+        F.when(F.col("kind") == kind, read(F.col("text"))).alias(kind) for kind, (_, read, _) in READERS.items()
+    ]))  # fmt: skip
+    rows = frame.select("kind", "text", value.alias("value")).collect()
+    got = {(r.kind, r.text): json.loads(r.value).get(r.kind) for r in rows}
+    want = {(kind, text): READERS[kind][2](text) for kind, text in cases}
+    want = {key: v.isoformat() if isinstance(v, dt.date) else v for key, v in want.items()}
+    assert got == want
+    # The valid ones above, read as such.
+    assert {kind: sum(v is not None for (k, _), v in want.items() if k == kind) for kind in READERS} == {
+        "whole": 4, "date": 6, "decimal": 9}  # fmt: skip

@@ -358,6 +358,47 @@ def test_job_matches_plain_python_contract_on_dirty_generated_data(spark: SparkS
     assert dirty.report["duplicates_dropped"] > 0 and dirty.report["status_unknown"] > 0
 
 
+# Rows whose route through the job depends on their loan_id: read more than once or not, the same number
+# written two ways, a field that only looks like a loan_id, rows rejected on their own.
+ROUTE_LINES = [
+    csv_line("1", "50", "2020-01-01", "100"),  # lone rows of a client whose other rows are checked whole
+    csv_line("2", "50", "2020-02-01", "200"),
+    csv_line("3", "50", "2020-01-15", "300"), csv_line(" 3", "50", "2020-01-15 ", "300", occupation_type=" Drivers"),
+    csv_line("4", "51", "2020-01-01", "100"), csv_line("004", "51", "2020-01-01", "100"),  # one number, two texts
+    csv_line("5", "52", "2020-01-01", "100"), "5,only,three",  # a malformed record that starts like loan 5
+    csv_line("6", "53", "2020-01-01", "100"), csv_line("+6", "53", "2020-01-02", "100"),  # +6 is no loan_id
+    csv_line("7", "54", "2020-02-30", "100"),  # rejected on its own, alone with its loan_id
+    csv_line("8", "54", "2020-03-01", "100"), csv_line("8", "55", "2020-13-01", "100"),  # bad row shares it
+    csv_line("9", "56", "2020-01-01", "100", status="3"), csv_line("9", "56", "2020-01-01", "100", status="3"),
+    "only,a,malformed,record", "only,a,malformed,record",
+    csv_line("", "57", "2020-01-01", "100"), csv_line("", "57", "2020-01-01", "100"),  # copies, no loan_id
+    csv_line("", "58", "2020-01-01", "100"), csv_line("", "58", "2020-01-01", "200"),  # no loan_id, different
+    csv_line("10", "59", "2020-01-01", "100"), csv_line("10", "59", "2020-01-01", "100"),
+    csv_line("10", "59", "2020-01-01", "100"),  # three copies
+]  # fmt: skip
+
+
+def test_job_routes_every_row_to_the_contracts_outcome(spark: SparkSession, tmp_path: Path) -> None:
+    """Only rows whose loan_id is read more than once (or that are rejected on their own) are compared
+    whole; each case here must still end as the plain reading of the contract says."""
+    source = write(tmp_path / "loans.csv", "\n".join([HEADER, *ROUTE_LINES]) + "\n")
+    session = {key: spark.conf.get(key, None) for key in fj.JOB_SQL_SETTINGS}
+    report = run(spark, source, tmp_path / "out")
+    assert {key: spark.conf.get(key, None) for key in fj.JOB_SQL_SETTINGS} == session  # put back after the run
+    truth = reference.compute([source], AS_OF)
+    features, quarantine, clients = outputs(spark, tmp_path / "out")
+    assert {r.loan_id: tuple(r) for r in features.collect()} == truth.features
+    assert sorted((tuple(r) for r in quarantine.collect()), key=repr) == sorted(truth.quarantine, key=repr)
+    assert {k: report[k] for k in truth.report} == truth.report
+    assert sorted(truth.features) == [1, 2, 3, 5, 6, 10]  # the cases mean what they say
+    assert report["duplicates_dropped"] == 6
+    assert report["rejected_by_reason"] == {
+        "malformed_record": 2, "invalid_id": 0, "invalid_loan_id": 4, "invalid_loan_date": 2,
+        "invalid_loan_amount": 0, "invalid_status": 1, "future_loan_date": 0, "duplicate_loan_id": 3,
+    }  # fmt: skip
+    assert {r.id: r.loans for r in clients.collect()} == {50: 3, 52: 1, 53: 1, 59: 1}
+
+
 def submit(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """`./spark-submit.sh` as a user runs it: a clean environment, from the checkout."""
     return subprocess.run(["./spark-submit.sh", *args], cwd=ROOT, env=env or clean_env(), capture_output=True,

@@ -367,7 +367,8 @@ def run(spark: SparkSession, args: FeatureJobArgs) -> dict[str, Any]:
         # Cached: both outputs and the conflict check read the keyed rows (and filters on the cache are not
         # pushed below its shuffle, where they would read the CSV once per filter).
         keyed = key_rows(raw, read_twice, args.as_of).persist(StorageLevel.MEMORY_AND_DISK)
-        whole = whole_rows(keyed)
+        # Cached: the conflict check and both outputs read them (few, unless most loan_ids are read twice).
+        whole = whole_rows(keyed).persist(StorageLevel.MEMORY_AND_DISK)
         # Both outputs need the conflicting loan_ids: cached, the aggregate runs once, not once per output.
         conflicts = conflicting_loan_ids(whole).persist(StorageLevel.MEMORY_AND_DISK)
         checked = validate(whole, args.as_of, conflicts)
@@ -421,6 +422,7 @@ def run(spark: SparkSession, args: FeatureJobArgs) -> dict[str, Any]:
         finally:
             features.unpersist()
             conflicts.unpersist()
+            whole.unpersist()
             keyed.unpersist()
             read_twice.unpersist()
         return report

@@ -7,6 +7,7 @@ import dataclasses
 import datetime as dt
 import io
 import json
+import logging
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -378,9 +379,15 @@ ROUTE_LINES = [
 ]  # fmt: skip
 
 
-def test_job_routes_every_row_to_the_contracts_outcome(spark: SparkSession, tmp_path: Path) -> None:
+@pytest.mark.parametrize("route", ["narrow", "plain"])
+def test_job_routes_every_row_to_the_contracts_outcome(
+    spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, route: str
+) -> None:
     """Only rows whose loan_id is read more than once (or that are rejected on their own) are compared
-    whole; each case here must still end as the plain reading of the contract says."""
+    whole, unless they are most rows; each case here must end as the plain reading of the contract says,
+    by either route."""
+    monkeypatch.setattr(fj, "WHOLE_SHARE_LIMIT", 1.0 if route == "narrow" else 0.0)
+    caplog.set_level(logging.INFO, logger="spark_jobs.features")
     source = write(tmp_path / "loans.csv", "\n".join([HEADER, *ROUTE_LINES]) + "\n")
     session = {key: spark.conf.get(key, None) for key in fj.JOB_SQL_SETTINGS}
     report = run(spark, source, tmp_path / "out")
@@ -397,6 +404,8 @@ def test_job_routes_every_row_to_the_contracts_outcome(spark: SparkSession, tmp_
         "invalid_loan_amount": 0, "invalid_status": 1, "future_loan_date": 0, "duplicate_loan_id": 3,
     }  # fmt: skip
     assert {r.id: r.loans for r in clients.collect()} == {50: 3, 52: 1, 53: 1, 59: 1}
+    taken = "every row compared whole" if route == "plain" else "only those compared whole"
+    assert f"7 held by more than one row, 15 rows of about 24: {taken}" in caplog.text
 
 
 def submit(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

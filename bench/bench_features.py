@@ -211,10 +211,12 @@ def main() -> int:
 
     figures: dict[str, object] = {"rows": sum(1 for _ in source.open()) - 1, "clients": args.clients}
     figures |= spark_figures(source, args.repeat)
-    figures |= loop_figures(source, args.loop_sample)
-    figures |= pandas_figures(source)
-    figures["loop_over_job"] = figures["loop_s"] / figures["job_s"]
-    figures["pandas_over_job"] = figures["pandas_s"] / figures["job_s"]
+    loop, vectorized = loop_figures(source, args.loop_sample), pandas_figures(source)
+    figures |= loop | vectorized
+    job_s = figures["job_s"]
+    assert isinstance(job_s, float)
+    figures["loop_over_job"] = loop["loop_s"] / job_s
+    figures["pandas_over_job"] = vectorized["pandas_s"] / job_s
     if args.scale:
         big = dataset(args.clients * args.scale)
         figures[f"scale_{args.scale}_rows"] = sum(1 for _ in big.open()) - 1

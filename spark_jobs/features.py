@@ -147,7 +147,8 @@ def validate(parsed: DataFrame, as_of: dt.date | None = None, conflicts: DataFra
 # aggregate and the conflict check. Every other row is accepted as it is read (its loan_id is its own: no
 # copy, no conflict) and travels with just the columns the features read.
 
-# The raw columns validation and the features read besides `raw_record`; the others only go to the quarantine.
+# What a lone row carries: its parsed keys and the text columns `add_features` reads (the other raw columns
+# only ever go to the quarantine).
 KEYS = ("_id", "_loan_id", "_loan_date", "_loan_amount")
 FEATURE_TEXT = ("status", "birthday", "job_start_date", "flag_own_car")
 WHOLE_ROW = "_row"  # struct: a row's 24 columns as read and `raw_record`; null on a lone row
@@ -371,7 +372,7 @@ def run(spark: SparkSession, args: FeatureJobArgs) -> dict[str, Any]:
             # Cached as the features are written: the clients' history is their last rows, not a second window.
             features = cache(add_features(accepted))
             # Counted first, with every core on it: this fills the rows' caches before the outputs read
-            # it (written concurrently, the features' plan would wait on the same cache blocks).
+            # them (written concurrently, the features' plan would wait on the same cache blocks).
             step = time.perf_counter()
             shared = conflicts.count()
             log.info(

@@ -161,7 +161,7 @@ def loan_ids_read_twice(loan_ids: DataFrame) -> DataFrame:
     # A plain cast, not `parse_whole_number` (whose pattern check costs as much as the rest of the pass):
     # it gives the same number for every loan_id that parses, and numbers for some that do not (`+7`),
     # whose rows are rejected, so carried whole, anyway.
-    key = F.btrim(F.col("loan_id"), F.lit(TRIMMED)).try_cast("long")
+    key = normalized("loan_id").try_cast("long")
     return (
         loan_ids.select(key.alias("_loan_id"))
         .where(F.col("_loan_id").isNotNull())

@@ -9,7 +9,7 @@ import io
 import json
 import logging
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -30,12 +30,14 @@ HEADER = ",".join(RAW_COLUMNS)
 RUN_KEYS = ("started_at", "run_seconds", "input", "output", "files")
 
 
-def csv_line(loan_id: str, client: str, loan_date: str, amount: str, **over: str) -> str:
+def csv_line(
+    loan_id: str, client: str, loan_date: str, amount: str, columns: Sequence[str] = RAW_COLUMNS, **over: str
+) -> str:
     values = {c: "" for c in RAW_COLUMNS}
     values.update(code_gender="M", flag_own_car="N", status="0", birthday="1980-01-15",
                   job_start_date="2010-06-01", occupation_type="Drivers")  # fmt: skip
     values.update(loan_id=loan_id, id=client, loan_date=loan_date, loan_amount=amount, **over)
-    return ",".join(values[c] for c in RAW_COLUMNS)
+    return ",".join(values[c] for c in columns)
 
 
 SMALL_LINES = [
@@ -406,6 +408,45 @@ def test_job_routes_every_row_to_the_contracts_outcome(
     assert {r.id: r.loans for r in clients.collect()} == {50: 3, 52: 1, 53: 1, 59: 1}
     taken = "every row compared whole" if route == "plain" else "only those compared whole"
     assert f"7 held by more than one row, 15 rows of about 24: {taken}" in caplog.text
+
+
+BACKWARDS = tuple(reversed(RAW_COLUMNS))  # loan_id last, after values that hold commas and quotes
+
+
+def backwards_line(loan_id: str, client: str, occupation: str = "Drivers") -> str:
+    return csv_line(loan_id, client, "2020-01-01", "100", BACKWARDS, occupation_type=occupation)
+
+
+QUOTED_LINES = [
+    backwards_line("1", "70", '"Core staff, senior"'), backwards_line('"1"', "70", '"Core staff, senior"'),  # copies
+    backwards_line("2", "71", '"a ""b"", c"'), backwards_line("2", "72"),  # a conflict, one side quoted
+    backwards_line("3", "73", '"x, y"'),  # lone, quoted before its loan_id
+    backwards_line('"4"', "74"),  # lone, its loan_id quoted
+    backwards_line('"5 "', "75"), backwards_line("5", "75"),  # copies once trimmed
+    backwards_line("6", "76", '"a,b,c,d"'), backwards_line("6", "77", '"a,b,c,d"'),  # a conflict past 3 commas
+    backwards_line("7", "78", '"a,b"') + ',"one too many"',  # malformed, quoted
+]  # fmt: skip
+
+
+def test_job_finds_the_loan_ids_read_twice_behind_quoted_values(
+    spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Which rows are compared whole is decided on the loan_ids as the CSV reader reads them: here loan_id
+    is the last column, after quoted values holding commas and quotes, some loan_ids are quoted, and every
+    case ends as the contract says."""
+    monkeypatch.setattr(fj, "WHOLE_SHARE_LIMIT", 1.0)  # the route where the counts decide what is compared whole
+    caplog.set_level(logging.INFO, logger="spark_jobs.features")
+    source = write(tmp_path / "loans.csv", "\n".join([",".join(BACKWARDS), *QUOTED_LINES]) + "\n")
+    report = run(spark, source, tmp_path / "out")
+    truth = reference.compute([source], AS_OF)
+    features, quarantine, _ = outputs(spark, tmp_path / "out")
+    assert {r.loan_id: tuple(r) for r in features.collect()} == truth.features
+    assert sorted((tuple(r) for r in quarantine.collect()), key=repr) == sorted(truth.quarantine, key=repr)
+    assert {k: report[k] for k in truth.report} == truth.report
+    assert sorted(truth.features) == [1, 3, 4, 5]  # the cases mean what they say
+    assert report["duplicates_dropped"] == 2 and report["rejected_by_reason"]["duplicate_loan_id"] == 4
+    assert report["rejected_by_reason"]["malformed_record"] == 1
+    assert "4 held by more than one row, 8 rows of about 11: only those compared whole" in caplog.text
 
 
 def submit(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -28,5 +28,13 @@ def build_session(settings: SparkSettings, job: str) -> SparkSession:
         .getOrCreate()
     )
     spark.sparkContext.setLogLevel("WARN")
-    log.info("spark %s, master %s", spark.version, spark.sparkContext.master)
+    log.info("spark %s, master %s, driver garbage collector %s", spark.version, spark.sparkContext.master,
+             "/".join(garbage_collectors(spark)))  # fmt: skip
     return spark
+
+
+def garbage_collectors(spark: SparkSession) -> list[str]:
+    """The names of the driver JVM's garbage collectors, sorted (`PS MarkSweep`, `PS Scavenge`: the parallel one)."""
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+    return sorted(bean.getName() for bean in jvm.java.lang.management.ManagementFactory.getGarbageCollectorMXBeans())

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from credit import launcher
 from credit.commands import COMMANDS, main
 from tests.conftest import Dirty
 from tests.helpers import BIN, ROOT, clean_env
@@ -35,6 +36,21 @@ def test_cli_lists_every_command_once_and_refuses_an_unknown_one() -> None:
     assert credit("--master").returncode == 2
     same = subprocess.run(["./spark-submit.sh"], cwd=ROOT, env=clean_env(), capture_output=True, text=True)
     assert (same.returncode, same.stderr) == (listing.returncode, listing.stderr)
+
+
+def test_spark_jobs_run_with_the_parallel_collector_unless_the_user_says_otherwise(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("SPARK_SUBMIT_OPTS_EXTRA", "--conf spark.executor.extraJavaOptions=-XX:+UseG1GC")
+    command = launcher.spark_submit_command("features", ["--input", "x"], "local[*]", tmp_path / "code.zip")
+    driver = command[command.index("--driver-java-options") + 1].split()
+    assert driver[0] == "-XX:+UseParallelGC" and driver[1].startswith("-Dlog4j2.configurationFile=file:")
+    executors = [command[i + 1] for i, arg in enumerate(command) if command[i + 1 :][:1]
+                 and arg == "--conf" and command[i + 1].startswith("spark.executor.extraJavaOptions=")]  # fmt: skip
+    # spark-submit keeps the last value given: the user's.
+    assert executors == ["spark.executor.extraJavaOptions=-XX:+UseParallelGC",
+                         "spark.executor.extraJavaOptions=-XX:+UseG1GC"]  # fmt: skip
+    assert command[-3:] == [str(launcher.DRIVER), "features", "--input", "x"][-3:]
 
 
 def test_cli_a_bad_setting_is_exit_code_2_naming_it() -> None:
@@ -80,6 +96,7 @@ def test_spark_submit_runs_the_job_from_a_checkout_whose_path_has_a_space_then_r
     assert stable(report) == stable(dirty.report)
     # The project's log4j settings were found (Spark's default profile announces itself otherwise).
     assert "Using Spark's default log4j profile" not in done.stderr
+    assert "driver garbage collector PS MarkSweep/PS Scavenge" in done.stderr  # the launcher's JVM options
     written = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     assert written == ["clients", "features", "quarantine", "report.json"]
     capsys.readouterr()

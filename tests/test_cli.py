@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import subprocess
@@ -45,12 +46,12 @@ def test_spark_jobs_run_with_the_parallel_collector_unless_the_user_says_otherwi
     command = launcher.spark_submit_command("features", ["--input", "x"], "local[*]", tmp_path / "code.zip")
     driver = command[command.index("--driver-java-options") + 1].split()
     assert driver[0] == "-XX:+UseParallelGC" and driver[1].startswith("-Dlog4j2.configurationFile=file:")
-    executors = [command[i + 1] for i, arg in enumerate(command) if command[i + 1 :][:1]
-                 and arg == "--conf" and command[i + 1].startswith("spark.executor.extraJavaOptions=")]  # fmt: skip
+    executors = [value for flag, value in itertools.pairwise(command)
+                 if flag == "--conf" and value.startswith("spark.executor.extraJavaOptions=")]  # fmt: skip
     # spark-submit keeps the last value given: the user's.
     assert executors == ["spark.executor.extraJavaOptions=-XX:+UseParallelGC",
                          "spark.executor.extraJavaOptions=-XX:+UseG1GC"]  # fmt: skip
-    assert command[-3:] == [str(launcher.DRIVER), "features", "--input", "x"][-3:]
+    assert command[-4:] == [str(launcher.DRIVER), "features", "--input", "x"]
 
 
 def test_cli_a_bad_setting_is_exit_code_2_naming_it() -> None:

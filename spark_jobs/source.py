@@ -2,10 +2,12 @@
 
 A first, cheap pass reads the input as lines, in parallel, and notes per file its line count and the
 lines holding an odd number of double quotes: the lines where a quoted value opens or closes across a
-line break (an escaped quote `""` counts two); the driver then reads each file's header (its first
-line). Then, per file:
+line break (an escaped quote `""` counts two); the driver reads each file's header (its first line).
+Then, per file:
 
-* no such line: one record per line, so the file is read split into many tasks (`multiLine` off);
+* no such line: one record per line, so the file is read split into many tasks (`multiLine` off), and
+  as lines when it can be (`SourceFile.by_lines`): a line without a double quote is cut at its commas,
+  one with a quote goes through the CSV parser the CSV reader uses;
 * such lines pairing up within `max_record_lines`: quoted values hold line breaks, so the file is
   read whole by one task (`multiLine` on);
 * a quote that never closes, a quoted value spanning more lines than that, or a line longer than
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 
 RAW_RECORD = "raw_record"
 PREVIEW_CHARS = 120
+BLANK = "".join(map(chr, range(0x21)))  # what the CSV reader trims to tell a blank line (Java's String.trim)
 READER_OPTIONS = {"quote": '"', "escape": '"', "mode": "PERMISSIVE", "encoding": "UTF-8",
                   "columnNameOfCorruptRecord": RAW_RECORD}  # fmt: skip
 
@@ -63,6 +66,10 @@ class SourceFile:
     lines: int
     odd_lines: tuple[tuple[int, str], ...]  # (line number, its start) of lines with an odd number of quotes
     long_lines: tuple[tuple[int, int], ...]  # (line number, length) of lines over max_line_chars
+    header_lines: int = 0  # lines equal to the first line of an input file (its own first line included)
+    undecodable_lines: int = 0  # lines holding bytes that are not UTF-8
+    quoted_lines: int = 0  # lines holding a double quote
+    header_line: str | None = None  # the first line as read (a byte order mark dropped)
 
     @property
     def name(self) -> str:
@@ -72,6 +79,24 @@ class SourceFile:
     def multiline(self) -> bool:
         """Whether a quoted value spans lines (the file must be read whole by one task)."""
         return bool(self.odd_lines)
+
+    @property
+    def by_lines(self) -> bool:
+        """Whether the file can be read as lines (see `read_files`): one record per line, no line but the first
+        equal to its header (lines drop the header by its text, the CSV reader by its place), and nothing but
+        UTF-8 (the CSV reader replaces other bytes by U+FFFD, lines keep them)."""
+        return (
+            not self.multiline
+            and self.header_lines == 1
+            and self.undecodable_lines == 0
+            and _comparable(self.header_line)
+        )
+
+
+def _comparable(line: str | None) -> bool:
+    """Whether a first line read on the driver equals the line as Spark reads it: bytes that are not UTF-8 are
+    decoded on the driver (to U+FFFD) and kept as they are by Spark."""
+    return line is not None and "\ufffd" not in line
 
 
 def check_exists(spark: SparkSession, path: str) -> None:
@@ -88,8 +113,8 @@ def paths_of(spec: str) -> list[str]:
 
 
 def scan(spark: SparkSession, paths: str | list[str], limits: Limits) -> list[SourceFile]:
-    """One parallel pass over the input's lines: per file, the line count and the odd-quote and long lines;
-    then each file's header, its first line, read on the driver.
+    """One parallel pass over the input's lines: per file, the line count, the odd-quote and long lines, and
+    the lines equal to an input file's first line; then each file's header, its first line, read on the driver.
 
     The pass is cheap on the lines that need no look (most of them): a line's quotes are counted only when
     it holds one, and its characters only when its bytes exceed the limit.
@@ -98,7 +123,12 @@ def scan(spark: SparkSession, paths: str | list[str], limits: Limits) -> list[So
     quotes = F.length(value) - F.length(F.translate(value, '"', ""))
     odd = value.contains('"') & (quotes % 2 == 1)
     long = (F.octet_length(value) > limits.max_line_chars) & (F.length(value) > limits.max_line_chars)
-    lines = spark.read.text(paths).select(
+    text = spark.read.text(paths)
+    # `inputFiles` gives URIs (a space as %20), the scan's file paths too; `SourceFile.path` is decoded.
+    read = (_first_line(spark, uri, limits, uri=True) for uri in text.inputFiles())
+    firsts = {line for line in read if line and _comparable(line)}
+    header_like = value.isin(*sorted(firsts)) if firsts else F.lit(False)
+    lines = text.select(
         F.col("_metadata.file_path").alias("file"),
         F.col("_metadata.file_block_start").alias("start"),
         # Within a task the ids of one file split are consecutive, so id - first id is the line's index.
@@ -112,6 +142,9 @@ def scan(spark: SparkSession, paths: str | list[str], limits: Limits) -> list[So
             F.min("row").alias("first_row"),
             F.collect_list(F.when(odd, F.struct("row", F.substring(value, 1, PREVIEW_CHARS)))).alias("odd"),
             F.collect_list(F.when(long, F.struct("row", F.length(value)))).alias("long"),
+            F.count_if(header_like).alias("header_lines"),
+            F.count_if(~F.is_valid_utf8(value)).alias("undecodable_lines"),
+            F.count_if(value.contains('"')).alias("quoted_lines"),
         )
         .collect()
     )
@@ -120,28 +153,38 @@ def scan(spark: SparkSession, paths: str | list[str], limits: Limits) -> list[So
         by_file[split["file"]].append(split)
     files = [_source_file(file, parts) for file, parts in sorted(by_file.items())]
     # A first line too long to be a header is refused by `check_structure` without being read.
-    return [dataclasses.replace(f, header=_header(spark, f.path)) if not _long_first(f) else f for f in files]
+    return [_with_header(spark, f, limits) if not _long_first(f) else f for f in files]
+
+
+def _with_header(spark: SparkSession, source: SourceFile, limits: Limits) -> SourceFile:
+    line = _first_line(spark, source.path, limits) or ""
+    return dataclasses.replace(source, header=tuple(next(csv.reader([line]), [])), header_line=line)
 
 
 def _long_first(source: SourceFile) -> bool:
     return bool(source.long_lines) and source.long_lines[0][0] == 1
 
 
-def _header(spark: SparkSession, path: str) -> tuple[str, ...]:
-    """The fields of the file's first line (a byte order mark dropped), read through Hadoop (and its codec
-    for a compressed file), as Spark reads the file."""
+def _first_line(spark: SparkSession, path: str, limits: Limits, uri: bool = False) -> str | None:
+    """The first line of the file at `path` (a URI if `uri`), a byte order mark dropped, read through Hadoop
+    (and its codec for a compressed file) as Spark reads the file; None when longer than `max_line_chars`."""
     path_class, fs = hadoop_fs(spark, path)  # raises when the session is stopped
     jvm = spark.sparkContext._jvm
     assert jvm is not None
-    hadoop_path = path_class(path)
+    hadoop_path = path_class(jvm.java.net.URI(path)) if uri else path_class(path)
     codec = jvm.org.apache.hadoop.io.compress.CompressionCodecFactory(fs.getConf()).getCodec(hadoop_path)
     stream = fs.open(hadoop_path)
+    most = 4 * limits.max_line_chars + 3  # bytes: a byte order mark, then characters of up to 4 bytes each
     try:
         readable = codec.createInputStream(stream) if codec is not None else stream
-        line = jvm.java.io.BufferedReader(jvm.java.io.InputStreamReader(readable, "UTF-8")).readLine() or ""
+        text = jvm.org.apache.hadoop.io.Text()
+        jvm.org.apache.hadoop.util.LineReader(readable).readLine(text, most, most + 2)
     finally:
         stream.close()
-    return tuple(next(csv.reader([line.lstrip("\ufeff")]), []))
+    if text.getLength() >= most:
+        return None
+    line = str(text.toString()).removeprefix("\ufeff")
+    return line if len(line) <= limits.max_line_chars else None
 
 
 def _source_file(file: str, parts: list[Any]) -> SourceFile:
@@ -156,7 +199,8 @@ def _source_file(file: str, parts: list[Any]) -> SourceFile:
         before += part["lines"]
     # A local file is shown and read as a plain path; other schemes (hdfs://, s3a://) keep their URI.
     path = unquote(urlsplit(file).path) if urlsplit(file).scheme == "file" else file
-    return SourceFile(path, (), before, tuple(sorted(odd)), tuple(sorted(long)))
+    counts = [sum(part[name] for part in parts) for name in ("header_lines", "undecodable_lines", "quoted_lines")]
+    return SourceFile(path, (), before, tuple(sorted(odd)), tuple(sorted(long)), *counts)
 
 
 def check_structure(source: SourceFile, limits: Limits) -> None:
@@ -210,36 +254,108 @@ def _field_names(header: Sequence[str]) -> list[str]:
     return [name if ok else f"_c{i}" for i, (name, ok) in enumerate(zip(header, usable, strict=True))]
 
 
-def read_files(spark: SparkSession, sources: Iterable[SourceFile], only: str | None = None) -> DataFrame:
+def read_files(
+    spark: SparkSession, sources: Iterable[SourceFile], only: str | None = None, by_lines: bool = True
+) -> DataFrame:
     """The contract's 24 columns as text plus `raw_record`, each file's columns taken by name from its header.
 
+    A file that can be (`SourceFile.by_lines`, unless `by_lines` is off) is read as lines, with the
+    result of Spark's CSV reader at about half its cost: a line without a double quote (nearly all of
+    them) is cut at its commas, and a line with a quote goes through the CSV parser the reader uses
+    (`from_csv`, with the same options). The other files are read by the CSV reader.
+
     With `only` (a contract column), just that column as the reader tokenizes it, with no check of the
-    record's shape: the CSV reader then parses that one field of each record (a malformed record gives
-    whatever its field at that place holds).
+    record's shape (a malformed record gives whatever its field at that place holds).
     """
-    groups: dict[tuple[tuple[str, ...], bool], list[SourceFile]] = defaultdict(list)
+    groups: dict[tuple[tuple[str, ...], bool, str | None], list[SourceFile]] = defaultdict(list)
     for source in sources:
-        groups[(source.header, source.multiline)].append(source)
+        lines = by_lines and source.by_lines
+        groups[(source.header, source.multiline, source.header_line if lines else None)].append(source)
     frames = []
-    for (header, multiline), members in groups.items():
-        names = _field_names(header)
-        record = [] if only else [T.StructField(RAW_RECORD, T.StringType())]
-        schema = T.StructType([T.StructField(n, T.StringType()) for n in names] + record)
+    for (header, multiline, header_line), members in groups.items():
         indexes = column_indexes(members[0])
-        frame = spark.read.csv(
-            [m.path for m in members], schema=schema, header=True, multiLine=multiline, **READER_OPTIONS
-        )
-        if only:
-            frames.append(frame.select(F.col(f"`{names[indexes[only]]}`").alias(only)))
-            continue
-        broken = F.col(RAW_RECORD).isNotNull()
-        # The columns of a malformed record are whatever its fields happened to be: left empty.
-        frames.append(frame.select(
-            *[F.when(~broken, F.col(f"`{names[indexes[c]]}`")).alias(c) for c in RAW_COLUMNS], RAW_RECORD
-        ))  # fmt: skip
-        log.info("reading %d file(s) %s (%s)", len(members), ", ".join(m.name for m in members[:5]),
-                 "quoted line breaks: one task per file" if multiline else "one record per line: split")  # fmt: skip
+        paths = [m.path for m in members]
+        if header_line is not None:
+            quotes = any(m.quoted_lines for m in members)
+            frames.append(_read_lines(spark, paths, header_line, len(header), indexes, only, quotes))
+            how = "one record per line: split, cut at commas"
+        else:
+            frames.append(_read_csv(spark, paths, header, multiline, indexes, only))
+            how = "quoted line breaks: one task per file" if multiline else "one record per line: split"
+        if not only:
+            log.info("reading %d file(s) %s (%s)", len(members), ", ".join(m.name for m in members[:5]), how)
     return reduce(DataFrame.unionAll, frames)
+
+
+def _read_csv(
+    spark: SparkSession, paths: list[str], header: Sequence[str], multiline: bool, indexes: dict[str, int],
+    only: str | None,
+) -> DataFrame:  # fmt: skip
+    """`read_files` by Spark's CSV reader."""
+    names = _field_names(header)
+    record = [] if only else [T.StructField(RAW_RECORD, T.StringType())]
+    schema = T.StructType([T.StructField(n, T.StringType()) for n in names] + record)
+    frame = spark.read.csv(paths, schema=schema, header=True, multiLine=multiline, **READER_OPTIONS)
+    if only:
+        return frame.select(F.col(f"`{names[indexes[only]]}`").alias(only))
+    broken = F.col(RAW_RECORD).isNotNull()
+    # The columns of a malformed record are whatever its fields happened to be: left empty.
+    return frame.select(*[F.when(~broken, F.col(f"`{names[indexes[c]]}`")).alias(c) for c in RAW_COLUMNS], RAW_RECORD)
+
+
+def _read_lines(
+    spark: SparkSession,
+    paths: list[str],
+    header_line: str,
+    width: int,
+    indexes: dict[str, int],
+    only: str | None,
+    quotes: bool,
+) -> DataFrame:
+    """`read_files` as lines: files of one record per line, whose header is their only line equal to it, and
+    which hold a double quote if `quotes`.
+
+    What the CSV reader does with such a line, done here the same way: a blank line (nothing but characters
+    up to U+0020) is no record; the header line is dropped; a record with more or fewer fields than the
+    header is malformed, its text in `raw_record`; nothing else is touched (no trimming, no comment
+    lines). One difference: an empty field of a cut line is empty text, where the CSV reader gives null
+    (turning it into null costs as much as the rest of the cut): every user of these rows normalizes
+    them first (`spark_jobs.features.normalized`), which makes both null.
+    """
+    value = F.col("value")
+    lines = spark.read.text(paths)
+    quoted = value.contains('"')
+    schema = ", ".join(f"_c{i} STRING" for i in range(width))
+    if only:
+        # Every line, the header and malformed records included: a loan_id too many only costs a row
+        # compared whole.
+        position = indexes[only]
+        cut = F.substring_index(F.substring_index(value, ",", position + 1), ",", -1)
+        if not quotes:
+            return lines.select(cut.alias(only))
+        field = F.from_csv(value, schema, READER_OPTIONS).getField(f"_c{position}")
+        return lines.select(F.when(quoted, field).otherwise(cut).alias(only))
+    # Most lines are not blank: the first character tells, without trimming the line.
+    blank = (F.substring(value, 1, 1) <= F.lit(" ")) & (F.btrim(value, F.lit(BLANK)) == "")
+    records = lines.where(~blank & (value != F.lit(header_line)))
+    split = (records.where(~quoted) if quotes else records).select(value, F.split(value, ",", -1).alias("_cut"))
+    fits = F.size("_cut") == width
+    fields = split.select(F.when(fits, F.col("_cut")).alias("_cut"), F.when(~fits, value).alias(RAW_RECORD))
+    plain = fields.select(*[F.get("_cut", indexes[c]).alias(c) for c in RAW_COLUMNS], RAW_RECORD)
+    if not quotes:
+        return plain
+    # The quoted lines apart, each kept by its own read of the lines: one expression choosing between
+    # cutting and parsing would make a generated method too large for the JIT to compile.
+    parsed = records.where(quoted).select(
+        F.from_csv(value, f"{schema}, {RAW_RECORD} STRING", READER_OPTIONS).alias("_csv")
+    )
+    broken = F.col(f"_csv.{RAW_RECORD}").isNotNull()
+    by_parser = parsed.select(
+        # The columns of a malformed record are whatever its fields happened to be: left empty.
+        *[F.when(~broken, F.col(f"_csv._c{indexes[c]}")).alias(c) for c in RAW_COLUMNS],
+        F.col(f"_csv.{RAW_RECORD}").alias(RAW_RECORD),
+    )
+    return plain.unionAll(by_parser)
 
 
 def check_files(

@@ -9,18 +9,20 @@ import io
 import json
 import logging
 import subprocess
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from contract import RAW_COLUMNS
 from datagen.generate import write_csv
 from spark_jobs import features as fj
 from spark_jobs.output import OutputError, StagedOutput
-from spark_jobs.source import InputError, Limits, read_raw
+from spark_jobs.source import RAW_RECORD, InputError, Limits, read_files, read_raw, scan
 from tests import reference
 from tests.conftest import AS_OF, Dirty
 from tests.helpers import ROOT, clean_env
@@ -237,6 +239,74 @@ def test_a_large_file_is_parsed_by_several_tasks_with_the_same_output_as_one_tas
         spark.conf.unset("spark.sql.files.maxPartitionBytes")
     assert_same_outputs(spark, tmp_path / "many", tmp_path / "one")
     assert stable(many) == stable(one) and many["rows_accepted"] > 5000 and many["rows_rejected"] > 0
+
+
+def field_line(*first: str, fill: str = "x") -> str:
+    """A line of the contract's width: these values first, then `fill`."""
+    return ",".join([*first, *[fill] * (len(RAW_COLUMNS) - len(first))])
+
+
+# What the CSV reader does its own way: blank lines of every kind (up to U+0020) dropped, other lines
+# malformed; padding, control and non-ASCII characters kept; too few or too many fields; empty fields.
+ODD_LINES = [
+    field_line("1", "10"), field_line("", "", fill=""), field_line(" 2 ", "\t10\t"), ",,,",
+    field_line("3", "10") + ",one too many", field_line("4").rsplit(",", 1)[0],
+    "", "   ", "\t", "\x0b", "\x0c", "\x00", "\x1f \x1f", "\u00a0", "\u2003",
+    "\x00" + field_line("5", "10"), "#" + field_line("6", "10"), field_line("7", "\x00"), field_line("8", "é漢字"),
+    field_line("9", "10") + " ", " " + field_line("10", "10"), field_line("11", "10", "\x7f"), "x" * 5, ",",
+    field_line("12", "10", "\\", "\\,"), field_line("13", "'q'"), field_line("14", "10"), field_line("14", "10"),
+]  # fmt: skip
+BLANK_LINES = 7
+QUOTED_VALUES = [
+    field_line("21", '"1,1"'), field_line("22", '"a""b"'), field_line("23", 'a"b"c'), field_line("24", '"x"y'),
+    field_line('"25"', "10"), field_line("26", '"a,b"') + ',"one too many"',
+]  # fmt: skip
+
+
+def utf8(lines: Sequence[str], end: str = "\n") -> bytes:
+    return end.join([HEADER, *lines, ""]).encode("utf-8")
+
+
+RECORDS = len(ODD_LINES) - BLANK_LINES
+
+
+@pytest.mark.parametrize(
+    ("data", "by_lines", "records"),
+    [
+        (utf8(ODD_LINES), True, RECORDS),
+        (utf8(ODD_LINES + QUOTED_VALUES), True, RECORDS + len(QUOTED_VALUES)),
+        (b"\xef\xbb\xbf" + utf8(ODD_LINES + QUOTED_VALUES, "\r\n"), True, RECORDS + len(QUOTED_VALUES)),
+        (utf8([*ODD_LINES, HEADER]), False, RECORDS + 1),  # the header again
+        (utf8(ODD_LINES) + field_line("31", "10").encode() + b"\xff\n", False, RECORDS + 1),  # not UTF-8
+    ],
+    ids=["plain", "quoted values", "byte order mark, windows line ends", "the header again", "not UTF-8"],
+)
+def test_lines_are_read_as_the_csv_reader_reads_them(
+    spark: SparkSession, tmp_path: Path, data: bytes, by_lines: bool, records: int
+) -> None:
+    """A file of one record per line is read as lines (cut at commas, the quoted ones parsed) with the CSV
+    reader's rows, once empty fields are null; a file where that cannot hold is read by the CSV reader. The
+    loan_id pass over the lines finds every loan_id the reader finds (a few more only cost rows compared
+    whole)."""
+    source = tmp_path / "loans.csv"
+    source.write_bytes(data)
+    (scanned,) = scan(spark, str(source), Limits(20, 100_000))
+    assert scanned.by_lines is by_lines
+    columns = [F.nullif(F.col(c), F.lit("")).alias(c) for c in RAW_COLUMNS]
+    lines = read_files(spark, [scanned]).select(*columns, RAW_RECORD)
+    reader = read_files(spark, [scanned], by_lines=False).select(*columns, RAW_RECORD)
+    plan = lines._jdf.queryExecution().executedPlan().toString()
+    assert ("FileScan text" in plan and "FileScan csv" not in plan) is by_lines
+    rows = reader.collect()
+    assert len(rows) == records
+    assert sum(r[RAW_RECORD] is not None for r in rows) >= 8  # the malformed records are there too
+    assertDataFrameEqual(lines, rows)
+
+    def loan_ids(frame: DataFrame) -> Counter[str]:
+        return Counter(r[0] for r in frame.select(fj.normalized("loan_id")).collect() if r[0] is not None)
+
+    by_reader = loan_ids(read_files(spark, [scanned], only="loan_id", by_lines=False))
+    assert by_reader["14"] == 2 and not by_reader - loan_ids(read_files(spark, [scanned], only="loan_id"))
 
 
 def test_job_refuses_a_file_whose_header_lacks_or_repeats_a_column(spark: SparkSession, tmp_path: Path) -> None:

@@ -124,10 +124,10 @@ def scan(spark: SparkSession, paths: str | list[str], limits: Limits) -> list[So
     odd = value.contains('"') & (quotes % 2 == 1)
     long = (F.octet_length(value) > limits.max_line_chars) & (F.length(value) > limits.max_line_chars)
     text = spark.read.text(paths)
-    # `inputFiles` gives URIs (a space as %20), the scan's file paths too; `SourceFile.path` is decoded.
-    read = (_first_line(spark, uri, limits, uri=True) for uri in text.inputFiles())
-    firsts = {line for line in read if line and _comparable(line)}
-    header_like = value.isin(*sorted(firsts)) if firsts else F.lit(False)
+    # Read before the pass, which counts the lines equal to one of them (`inputFiles` gives URIs).
+    firsts = {_path_of(uri): _first_line(spark, uri, limits, uri=True) for uri in text.inputFiles()}
+    headers = sorted({line for line in firsts.values() if line and _comparable(line)})
+    header_like = value.isin(*headers) if headers else F.lit(False)
     lines = text.select(
         F.col("_metadata.file_path").alias("file"),
         F.col("_metadata.file_block_start").alias("start"),
@@ -152,13 +152,22 @@ def scan(spark: SparkSession, paths: str | list[str], limits: Limits) -> list[So
     for split in splits:
         by_file[split["file"]].append(split)
     files = [_source_file(file, parts) for file, parts in sorted(by_file.items())]
-    # A first line too long to be a header is refused by `check_structure` without being read.
-    return [_with_header(spark, f, limits) if not _long_first(f) else f for f in files]
+    # A first line too long to be a header is refused by `check_structure` without being used.
+    return [_with_header(spark, f, firsts.get(f.path), limits) if not _long_first(f) else f for f in files]
 
 
-def _with_header(spark: SparkSession, source: SourceFile, limits: Limits) -> SourceFile:
-    line = _first_line(spark, source.path, limits) or ""
+def _with_header(spark: SparkSession, source: SourceFile, line: str | None, limits: Limits) -> SourceFile:
+    """The file with its header: `line` as read before the pass, or read now (a path the listing and the
+    pass spell differently)."""
+    if line is None:
+        line = _first_line(spark, source.path, limits) or ""
     return dataclasses.replace(source, header=tuple(next(csv.reader([line]), [])), header_line=line)
+
+
+def _path_of(uri: str) -> str:
+    """A file as `SourceFile.path` names it: a local file as a plain path, other schemes (hdfs://, s3a://) by
+    their URI."""
+    return unquote(urlsplit(uri).path) if urlsplit(uri).scheme == "file" else uri
 
 
 def _long_first(source: SourceFile) -> bool:
@@ -197,8 +206,7 @@ def _source_file(file: str, parts: list[Any]) -> SourceFile:
         odd += [(first_line + row, text) for row, text in part["odd"]]
         long += [(first_line + row, chars) for row, chars in part["long"]]
         before += part["lines"]
-    # A local file is shown and read as a plain path; other schemes (hdfs://, s3a://) keep their URI.
-    path = unquote(urlsplit(file).path) if urlsplit(file).scheme == "file" else file
+    path = _path_of(file)  # shown and read as a plain path when local
     counts = [sum(part[name] for part in parts) for name in ("header_lines", "undecodable_lines", "quoted_lines")]
     return SourceFile(path, (), before, tuple(sorted(odd)), tuple(sorted(long)), *counts)
 

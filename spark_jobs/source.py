@@ -113,15 +113,17 @@ def paths_of(spec: str) -> list[str]:
 
 
 def scan(spark: SparkSession, paths: str | list[str], limits: Limits) -> list[SourceFile]:
-    """One parallel pass over the input's lines: per file, the line count, the odd-quote and long lines, and
-    the lines equal to an input file's first line; then each file's header, its first line, read on the driver.
+    """Each file's first line (its header), read on the driver; then one parallel pass over the input's lines:
+    per file, the line count, the odd-quote and long lines, and the counts `SourceFile.by_lines` decides on
+    (lines equal to an input file's first line, lines that are not UTF-8, lines holding a quote).
 
     The pass is cheap on the lines that need no look (most of them): a line's quotes are counted only when
     it holds one, and its characters only when its bytes exceed the limit.
     """
     value = F.col("value")
+    quoted = value.contains('"')
     quotes = F.length(value) - F.length(F.translate(value, '"', ""))
-    odd = value.contains('"') & (quotes % 2 == 1)
+    odd = quoted & (quotes % 2 == 1)
     long = (F.octet_length(value) > limits.max_line_chars) & (F.length(value) > limits.max_line_chars)
     text = spark.read.text(paths)
     # Read before the pass, which counts the lines equal to one of them (`inputFiles` gives URIs).
@@ -144,7 +146,7 @@ def scan(spark: SparkSession, paths: str | list[str], limits: Limits) -> list[So
             F.collect_list(F.when(long, F.struct("row", F.length(value)))).alias("long"),
             F.count_if(header_like).alias("header_lines"),
             F.count_if(~F.is_valid_utf8(value)).alias("undecodable_lines"),
-            F.count_if(value.contains('"')).alias("quoted_lines"),
+            F.count_if(quoted).alias("quoted_lines"),
         )
         .collect()
     )

@@ -34,7 +34,17 @@ from contract import FEATURES
 from contract.raw import parse_whole_number
 from serving import embedded, metrics, schemas
 from serving.breaker import UNREACHABLE, CircuitBreaker, RateLimitedLog
-from serving.scoring import Application, ApplicationRefused, ModelCache, answers, prepare, utc_today
+from serving.coalesce import BatchedScores, gevent_patched
+from serving.scoring import (
+    Application,
+    ApplicationRefused,
+    ModelCache,
+    Scorer,
+    answers,
+    prepare,
+    score_directly,
+    utc_today,
+)
 from serving.store import Codec, NotPublished, OnlineStore, check_url, redacted
 
 log = logging.getLogger(__name__)
@@ -90,6 +100,8 @@ class StoreHolder:
         self._lock = threading.Lock()
         self.breaker = CircuitBreaker(config["BREAKER_RETRY_SECONDS"])
         self.models = ModelCache()
+        # Under gevent, the applications scored at the same moment share one run of their model.
+        self.scorer: Scorer = BatchedScores().scores if gevent_patched() else score_directly
 
     def run(self, action: Callable[[OnlineStore], T]) -> T:
         """`action(store)`, or RedisUnavailable at once while the breaker is open."""
@@ -229,7 +241,7 @@ def application_credit_risk() -> Response:
     version, record = holder.run(lambda s: s.read(application.client_id))
     prepared = prepare(version, application.client_id, record, application, utc_today)
     model = holder.run(lambda s: holder.models.get(s, version))
-    return jsonify(answers(model, [prepared])[0])
+    return jsonify(answers(model, [prepared], holder.scorer)[0])
 
 
 @api.post("/v1/applications/credit-risk/batch")
@@ -248,7 +260,7 @@ def application_credit_risk_batch() -> Response:
             if refused.status >= 500:  # the version, not the application: the whole batch
                 raise
             prepared.append(refused)
-    scored = iter(answers(model, [p for p in prepared if isinstance(p, Application)]))
+    scored = iter(answers(model, [p for p in prepared if isinstance(p, Application)], holder.scorer))
     results = [next(scored) if isinstance(p, Application) else
                {"client_id": a.client_id, "error": {"code": p.code, "message": p.message}}
                for a, p in zip(batch.applications, prepared, strict=True)]  # fmt: skip

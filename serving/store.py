@@ -336,7 +336,7 @@ class OnlineStore:
         if not keys:
             return []
         if self._reads:
-            answers = self._reads.many("hgetall", keys)
+            answers = self._reads.many("HGETALL", keys)
         else:
             pipe = self._client.pipeline(transaction=False)
             for key in keys:

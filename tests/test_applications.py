@@ -7,7 +7,9 @@ import csv
 import dataclasses
 import datetime as dt
 import io
+import json
 import random
+import subprocess
 import time
 from pathlib import Path
 
@@ -30,6 +32,7 @@ from serving.store import OnlineStore
 from spark_jobs import features as fj
 from spark_jobs import materialize as mz
 from tests.conftest import DEFAULTS, ModelRun
+from tests.helpers import BIN, ROOT, clean_env
 from tests.redis_servers import RedisServer
 from tests.test_app import app_config
 
@@ -188,6 +191,76 @@ def test_application_model_is_preloaded_off_the_request_path(redis_url: str, mod
     while "v1" not in holder.models and dt.datetime.now() < deadline:
         time.sleep(0.01)
     assert "v1" in holder.models  # loaded before any application arrived
+
+
+GEVENT_SCORES = """
+from gevent import monkey
+
+monkey.patch_all()
+import json
+import sys
+
+import gevent
+
+from contract import FEATURE_NAMES
+from model.portable import PortableModel
+from serving.coalesce import BatchedScores
+
+real = PortableModel(open(sys.argv[1], "rb").read(), FEATURE_NAMES)
+rows = json.loads(sys.argv[2])
+
+
+class Shifted:  # another version's model: every score 1 higher
+    def scores(self, rows):
+        return [score + 1 for score in real.scores(rows)]
+
+
+class Broken:
+    def scores(self, rows):
+        raise RuntimeError("broken model")
+
+
+models = [real, Shifted(), Broken()]
+batched = BatchedScores()
+
+
+def score(i):
+    try:
+        return batched.scores(models[i % 3], rows[i % 7 : i % 7 + 1 + i % 2])
+    except RuntimeError as exc:
+        return str(exc)
+
+
+greenlets = [gevent.spawn(score, i) for i in range(60)]
+gevent.joinall(greenlets)
+print(json.dumps({"answers": [g.value for g in greenlets], "runs": batched.runs, "rows": batched.rows}))
+"""
+
+
+def test_application_scorings_under_gevent_share_runs_of_their_own_model_only(
+    model_run: ModelRun, tmp_path: Path
+) -> None:
+    """Concurrent requests' rows are scored together, each by its own model (never another version's), with
+    the scores they get alone; a model that fails fails its own requests only."""
+    onnx, _ = registry.approved_portable(model_run.models)
+    (tmp_path / "model.onnx").write_bytes(onnx)
+    rows = [{"nb_previous_loans": n, "avg_amount_loans_previous": 100.0 * n + 0.5, "age": None if n == 3 else 20 + n,
+             "years_on_the_job": None if n % 2 else n, "flag_own_car": n % 2} for n in range(8)]  # fmt: skip
+    script = tmp_path / "scores.py"
+    script.write_text(GEVENT_SCORES)
+    run = subprocess.run([str(BIN / "python"), str(script), str(tmp_path / "model.onnx"), json.dumps(rows)],
+                         cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    model, _ = session_model(model_run)
+    expected: list[object] = []
+    for i in range(60):
+        own = rows[i % 7 : i % 7 + 1 + i % 2]
+        alone = [model.scores([row])[0] for row in own]  # each row scored on its own
+        expected.append([alone, [s + 1 for s in alone], "broken model"][i % 3])
+    assert result["answers"] == expected
+    assert result["rows"] == sum(1 + i % 2 for i in range(60))
+    assert 3 <= result["runs"] <= 9  # a run per model and turn of the loop, not one per request
 
 
 @pytest.mark.parametrize("on", ["2019-02-28", "2020-02-28", "2020-02-29", "2021-02-28", "2019-05-10", "2020-05-09"])

@@ -400,6 +400,73 @@ def test_store_concurrent_reads_under_gevent_share_round_trips_each_with_its_own
     assert 2 <= result["batches"] <= 10
 
 
+KEPT_CONNECTION = """
+from gevent import monkey
+
+monkey.patch_all()
+import json
+import sys
+
+import gevent
+
+from serving.store import OnlineStore
+
+store = OnlineStore.from_url(sys.argv[1], 0.5, 2.0, prefix=sys.argv[2], version_cache_seconds=0, coalesce=True)
+for line in sys.stdin:
+    action, client_id = line.split()
+    try:
+        with gevent.Timeout(0.5 if action == "hurry" else None):
+            answer = store.read(int(client_id))
+    except BaseException as exc:
+        answer = type(exc).__name__
+    print(json.dumps(answer), flush=True)
+"""
+
+
+def test_store_kept_connection_survives_a_restart_and_never_gives_a_stale_answer(
+    redis_server: RedisServer, redis_url: str, tmp_path: Path
+) -> None:
+    """The batcher keeps its connection between round trips: a Redis restarted in between is reconnected
+    (no error), and a round trip cut short (a hung Redis, the request's timeout) drops the connection, so
+    its late answer never becomes the next request's answer."""
+    prefix = f"t{time.monotonic_ns()}"
+    records = {i: {"nb_previous_loans": i, "loan_date": f"2020-01-{i:02d}"} for i in range(1, 6)}
+
+    def published() -> None:
+        store = OnlineStore.from_url(redis_url, 0.5, 1.0, prefix=prefix)
+        load(store, "v1", records)
+        store.publish("v1")
+        store.close()
+
+    published()
+    script = tmp_path / "kept.py"
+    script.write_text(KEPT_CONNECTION)
+    reader = subprocess.Popen([str(BIN / "python"), str(script), redis_url, prefix], cwd=ROOT, env=clean_env(),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert reader.stdin is not None and reader.stdout is not None
+
+    def ask(action: str, client_id: int) -> object:
+        reader.stdin.write(f"{action} {client_id}\n")
+        reader.stdin.flush()
+        return json.loads(reader.stdout.readline())
+
+    try:
+        assert ask("read", 1) == ["v1", records[1]]
+        redis_server.stop()
+        redis_server.start()
+        published()
+        assert ask("read", 2) == ["v1", records[2]]  # the kept connection was broken: reconnected, sent again
+        redis_server.pause()
+        assert ask("hurry", 3) == "Timeout"  # its request gave up; the answers are still to come
+        redis_server.resume()
+        assert ask("read", 4) == ["v1", records[4]]  # its own answers, not client 3's
+        assert ask("read", 5) == ["v1", records[5]]
+    finally:
+        redis_server.resume()
+        reader.stdin.close()
+        reader.wait(10)
+
+
 def test_store_reads_go_straight_to_redis_outside_gevent(redis_url: str) -> None:
     store = OnlineStore.from_url(redis_url, 0.5, 1.0, coalesce=True)
     assert store.coalescing is None

@@ -12,7 +12,7 @@ later one: a lone request is sent after that single yield.
 On a single Redis the round trip is written and read on a redis-py connection that the batcher keeps
 between round trips (`pack_commands`, `send_packed_command`, `read_response`): the client's pipeline
 object would add, per round trip, a readiness poll of the socket on checkout (a system call) and its
-own bookkeeping; without them the features endpoint answers 8 to 15% more requests per second on the
+own bookkeeping; without them the features endpoint answers 6 to 15% more requests per second on the
 same load (measured side by side under gunicorn). A connection that fails
 is disconnected and handed back to the pool, so no half-read answer is ever left on a kept one; a kept
 connection found broken (Redis restarted) is reconnected and the round trip sent again once, as the

@@ -43,6 +43,11 @@ def gevent_patched() -> bool:
     return bool(monkey.is_module_patched("socket"))
 
 
+# The connections a batcher keeps between round trips: more than a few round trips at once are overlapping
+# ones (Redis slow to answer), whose connections go back to the pool, which the store's other commands
+# (a model's load, the active version) share.
+KEPT_CONNECTIONS = 4
+
 Entry = tuple[Any, Sequence[Any], Any]  # (what: a command or a model, its items: keys or rows, the waiter)
 
 
@@ -108,6 +113,11 @@ class BatchedReads(Gathering):
         self._pool: Any = getattr(client, "connection_pool", None)
         self._kept: list[Any] = []
 
+    @property
+    def kept_connections(self) -> int:
+        """The connections kept between round trips now (for tests)."""
+        return len(self._kept)
+
     def get(self, key: str) -> Any:
         return self.many("GET", [key])[0]
 
@@ -150,7 +160,10 @@ class BatchedReads(Gathering):
             connection.disconnect()
             self._pool.release(connection)
             raise
-        self._kept.append(connection)
+        if len(self._kept) < KEPT_CONNECTIONS:
+            self._kept.append(connection)
+        else:  # round trips that overlapped (a slow Redis) used more: back to the pool for the other callers
+            self._pool.release(connection)
         return answers
 
     def _pipelined(self, commands: list[tuple[str, str]]) -> list[Any]:

@@ -467,6 +467,55 @@ def test_store_kept_connection_survives_a_restart_and_never_gives_a_stale_answer
         reader.wait(10)
 
 
+OVERLAPPING = """
+from gevent import monkey
+
+monkey.patch_all()
+import json
+import sys
+
+import gevent
+import redis
+
+from serving.store import OnlineStore
+
+store = OnlineStore.from_url(sys.argv[1], 0.5, 5.0, prefix=sys.argv[2], coalesce=True)
+store.read(1)  # the version, then cached
+sleeper = gevent.spawn(redis.Redis.from_url(sys.argv[1]).execute_command, "DEBUG", "SLEEP", "0.5")
+gevent.sleep(0.05)
+waves = []
+for wave in range(12):  # each wave its own round trip, sent while the ones before wait on the sleeping Redis
+    waves += [gevent.spawn(store.read, wave * 3 + i) for i in range(1, 4)]
+    gevent.sleep(0.01)
+gevent.joinall([sleeper, *waves], raise_error=True)
+pool = store._client.connection_pool
+print(json.dumps({"answers": [g.value for g in waves], "created": len(pool._connections),
+                  "kept": store.coalescing.kept_connections, "free": sum(c is not None for c in pool.pool.queue)}))
+"""
+
+
+def test_store_batcher_keeps_a_few_connections_and_returns_the_others_to_the_pool(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Round trips that overlap (Redis slow to answer) each take a connection; afterwards the batcher keeps
+    four and gives the others back to the pool that the store's other commands use. (A single Redis: on a
+    cluster the batch goes through the cluster client's pipeline.)"""
+    store = OnlineStore.from_url(redis_url, 0.5, 1.0, prefix=f"t{time.monotonic_ns()}")
+    records = {i: {"nb_previous_loans": i, "loan_date": "2020-01-01"} for i in range(1, 40)}
+    load(store, "v1", records)
+    store.publish("v1")
+    script = tmp_path / "overlap.py"
+    script.write_text(OVERLAPPING)
+    run = subprocess.run([str(BIN / "python"), str(script), redis_url, store.prefix], cwd=ROOT, env=clean_env(),
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert result["answers"] == [["v1", records[i]] for i in range(1, 37)]
+    assert result["created"] >= 10  # the waves' round trips overlapped, each on its own connection
+    assert result["kept"] == 4
+    assert result["free"] == result["created"] - 4  # the others are back in the pool
+
+
 def test_store_reads_go_straight_to_redis_outside_gevent(redis_url: str) -> None:
     store = OnlineStore.from_url(redis_url, 0.5, 1.0, coalesce=True)
     assert store.coalescing is None

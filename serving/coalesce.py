@@ -13,11 +13,11 @@ On a single Redis the round trip is written and read on a redis-py connection th
 between round trips (`pack_commands`, `send_packed_command`, `read_response`): the client's pipeline
 object would add, per round trip, a readiness poll of the socket on checkout (a system call) and its
 own bookkeeping; without them the features endpoint answers 6 to 15% more requests per second on the
-same load (measured side by side under gunicorn). A connection that fails
-is disconnected and handed back to the pool, so no half-read answer is ever left on a kept one; a kept
-connection found broken (Redis restarted) is reconnected and the round trip sent again once, as the
-client's own retry does. On a Redis Cluster the batch goes through the cluster client's pipeline,
-which routes each key to its node.
+same load (measured side by side under gunicorn). A connection that fails is disconnected and handed
+back to the pool, so no half-read answer is ever left on a kept one; a kept connection found broken
+(Redis restarted) is reconnected and the round trip sent again once, as the client's own retry does.
+On a Redis Cluster the batch goes through the cluster client's pipeline, which routes each key to its
+node.
 
 The applications scored in the same turn of the loop share one run of their model the same way
 (`BatchedScores`).
@@ -139,9 +139,7 @@ class BatchedReads(Gathering):
         try:
             answers = self._round_trip(commands) if self._pool is not None else self._pipelined(commands)
         except Exception as exc:
-            for *_, waiter in batch:
-                waiter.set_exception(exc)
-            return
+            answers = [exc] * len(commands)
         _hand_out(batch, answers)
 
     def _round_trip(self, commands: list[tuple[str, str]]) -> list[Any]:
@@ -231,9 +229,7 @@ class BatchedScores(Gathering):
             self.runs += 1
             self.rows += len(rows)
             try:
-                scores = entries[0][0].scores(rows)
+                scores: list[Any] = entries[0][0].scores(rows)
             except Exception as exc:
-                for *_, waiter in entries:
-                    waiter.set_exception(exc)
-                continue
+                scores = [exc] * len(rows)
             _hand_out(entries, scores)

@@ -108,7 +108,7 @@ def with_attributes(rows: DataFrame, on: Column) -> DataFrame:
         "*",
         parse_date(F.col("birthday")).alias("_birthday"),
         parse_date(F.col("job_start_date")).alias("_job_start"),
-        F.upper(F.col("flag_own_car")).alias("_car"),
+        upper_flag(F.col("flag_own_car")).alias("_car"),
     )
     aged = dated.select(
         "*",
@@ -124,6 +124,12 @@ def with_attributes(rows: DataFrame, on: Column) -> DataFrame:
         ),
         car_null_reason(F.col("flag_own_car"), F.col("_car")).alias("_null_flag_own_car"),
     )
+
+
+def upper_flag(flag: Column) -> Column:
+    """`flag` upper-cased as far as the Y/N rule can tell: `y` and `n` (no other text upper-cases to `Y` or
+    `N`). Spark's `upper` would load a case-mapping library on its first use, about a second of every run."""
+    return F.when(flag.isin("Y", "y"), "Y").when(flag.isin("N", "n"), "N").otherwise(flag)
 
 
 def attribute_values() -> dict[str, Column]:

@@ -140,6 +140,8 @@ def test_features_age_and_years_on_the_job_as_of_the_loan_date(spark: SparkSessi
 FLAG_CASES = [
     ("Y", 1, None), ("y", 1, None), (" N ", 0, None), ("n", 0, None), (None, None, "flag_own_car_missing"),
     ("", None, "flag_own_car_missing"), ("X", None, "flag_own_car_invalid"), ("yes", None, "flag_own_car_invalid"),
+    # Upper-cased, these are not Y or N either (\u00ff is y with diaeresis, \uff4e a full-width n).
+    ("\u00ff", None, "flag_own_car_invalid"), ("\uff4e", None, "flag_own_car_invalid"),
 ]  # fmt: skip
 
 

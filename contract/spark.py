@@ -18,10 +18,11 @@ CLIENT, LOAN_ID, LOAN_DATE, LOAN_AMOUNT = "_id", "_loan_id", "_loan_date", "_loa
 def parse_whole_number(value: Column) -> Column:
     """A whole number in 1 .. 2^63-1 written as plain digits, else null."""
     # Exactly the WHOLE_NUMBER pattern, without running it on every value (a pattern match costs more than
-    # the cast): the cast also reads a sign or padding, but the number's digits, zero-padded to the text's
-    # length, equal the text only when the text is plain digits.
+    # the cast): the cast reads plain digits, and also a sign or padding (whitespace), which a digit at both
+    # ends rules out (`ascii` is the first character's code).
     number = value.try_cast("long")
-    return F.when((number >= 1) & (F.lpad(number.cast("string"), F.length(value), "0") == value), number)
+    digits = (F.ascii(value) >= 48) & (F.ascii(value) <= 57) & _is_digit(F.substring(value, -1, 1))
+    return F.when((number >= 1) & digits, number)
 
 
 def parse_date(value: Column) -> Column:

@@ -160,10 +160,10 @@ READ_TWICE = "_read_twice"
 def loan_ids_read_twice(loan_ids: DataFrame) -> DataFrame:
     """The loan_ids that two or more rows hold, copies included (`loan_ids` holds the column `loan_id` as
     read): the loan_id of every exact duplicate and of every conflict is one of them."""
-    # A plain cast, not `parse_whole_number` (whose pattern check costs as much as the rest of the pass):
-    # it gives the same number for every loan_id that parses, and numbers for some that do not (`+7`),
-    # whose rows are rejected, so carried whole, anyway.
-    key = normalized("loan_id").try_cast("long")
+    # A plain cast of the text as read, neither normalized nor `parse_whole_number`'s check: the cast trims
+    # every character up to U+0020 itself, so it gives the same number for every loan_id that parses, and
+    # numbers for some that do not (`+7`), whose rows are rejected, so carried whole, anyway.
+    key = F.col("loan_id").try_cast("long")
     return (
         loan_ids.select(key.alias("_loan_id"))
         .where(F.col("_loan_id").isNotNull())

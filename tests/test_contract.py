@@ -103,6 +103,7 @@ def test_contract_no_stage_imports_the_spark_jobs(package: str) -> None:
 # Values a reader of ids and dates meets: valid ones at the edges, and what a cast alone would accept.
 WHOLE_NUMBER_TEXTS = [
     "7", "007", "00000000000000000000000001", "9223372036854775807", "9223372036854775808", "0", "00", "+7", "-7",
+    "7 ", "07\t", "\t07", "7\r",
     "7.0", "7.", "1e3", "0x10", " 7", "7\x0b", "\x0c7", "12 3", "1_000", "\u0663", "",
 ]  # fmt: skip
 DATE_TEXTS = [

@@ -19,9 +19,9 @@ def parse_whole_number(value: Column) -> Column:
     """A whole number in 1 .. 2^63-1 written as plain digits, else null."""
     # Exactly the WHOLE_NUMBER pattern, without running it on every value (a pattern match costs more than
     # the cast): the cast reads plain digits, and also a sign or padding (whitespace), which a digit at both
-    # ends rules out (`ascii` is the first character's code).
+    # ends rules out.
     number = value.try_cast("long")
-    digits = (F.ascii(value) >= 48) & (F.ascii(value) <= 57) & _is_digit(F.substring(value, -1, 1))
+    digits = _is_digit(F.substring(value, 1, 1)) & _is_digit(F.substring(value, -1, 1))
     return F.when((number >= 1) & digits, number)
 
 

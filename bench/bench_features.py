@@ -4,7 +4,8 @@
         [--copies 5]
 
 On the same generated CSV it times: the feature job (`spark_jobs.features.run`); a bare Spark
-read-and-write of the same CSV with the same reader options (Spark's floor); the five features
+read-and-write of the same CSV with the same reader options (Spark's floor), also started from the
+class archive the job's driver maps when there is one (`credit/class_archive.py`); the five features
 computed the naive way (`bench/naive_features.py`: no validation, ties and ages wrong); the data
 scientists' per-client loop
 (notebook 1: for each client, for each loan, the mean of the amounts on strictly earlier dates),
@@ -32,6 +33,7 @@ from pathlib import Path
 import pandas as pd
 
 from conf import load_settings
+from credit.launcher import class_archive_options
 from datagen.generate import write_csv
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,15 +134,21 @@ def spark_figures(source: Path, repeat: int, label: str = "") -> dict[str, objec
     spark_submit = Path(sys.executable).parent / "spark-submit"
     memory = os.environ.get("SPARK_DRIVER_MEMORY", "6g")
 
-    def submitted(script: str, out: Path) -> list[str]:
+    def submitted(script: str, out: Path, *options: str) -> list[str]:
         return [str(spark_submit), "--master", "local[*]", "--driver-memory", memory, "--conf",
-                "spark.ui.showConsoleProgress=false", str(ROOT / "bench" / script), str(source), str(out)]  # fmt: skip
+                "spark.ui.showConsoleProgress=false", *options, str(ROOT / "bench" / script), str(source),
+                str(out)]  # fmt: skip
 
     commands = {
         "bare": (submitted("bare_read_write.py", bare_out), "the bare read-and-write"),
         "job": (["./spark-submit.sh", "features", "--input", str(source), "--output", str(job_out)], "the feature job"),
         "naive": (submitted("naive_features.py", naive_out), "the naive feature job"),
     }
+    if archived := class_archive_options():
+        # The job's driver maps the class archive (credit/class_archive.py); so does this floor, which tells
+        # what of the job's time against the plain floor is the archive's.
+        bare = submitted("bare_read_write.py", bare_out, "--driver-java-options", archived)
+        commands["bare_archived"] = (bare, "the bare read-and-write, from the class archive")
     end_to_end(*commands["bare"])  # warm-up: the CSV in the file cache
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
     for _ in range(repeat):
@@ -154,8 +162,9 @@ def spark_figures(source: Path, repeat: int, label: str = "") -> dict[str, objec
         figures[f"{label}{name}_s"] = seconds[name]
         figures[f"{label}{name}_peak_mib"] = max(m for _, m in measured)
         figures[f"{label}{name}_runs"] = [s for s, _ in measured]
-    for slower, faster in (("job", "bare"), ("naive", "bare"), ("job", "naive")):
-        figures[f"{label}{slower}_over_{faster}"] = seconds[slower] / seconds[faster]
+    for slower, faster in (("job", "bare"), ("naive", "bare"), ("job", "naive"), ("job", "bare_archived")):
+        if faster in seconds:
+            figures[f"{label}{slower}_over_{faster}"] = seconds[slower] / seconds[faster]
     return figures
 
 
@@ -235,6 +244,9 @@ def main() -> int:
     print(f"  vectorized pandas           {figures['pandas_s']:8.2f} s")
     print(f"  loop / job                  {figures['loop_over_job']:8.1f} x")
     print(f"  job / bare read+write       {figures['job_over_bare']:8.2f} x   (target <= 1.5)")
+    if "job_over_bare_archived" in figures:
+        print(f"  job / bare from the archive {figures['job_over_bare_archived']:8.2f} x   (the floor from the "
+              f"same class archive: {figures['bare_archived_s']:.2f} s)")  # fmt: skip
     print(f"  naive / bare read+write     {figures['naive_over_bare']:8.2f} x   (no validation, ties and ages wrong)")
     print(f"  job / naive                 {figures['job_over_naive']:8.2f} x")
     print(f"  pandas / job                {figures['pandas_over_job']:8.2f} x")
@@ -245,6 +257,9 @@ def main() -> int:
               f"({figures[k + 'bare_peak_mib']:,.0f} MiB): {figures[k + 'job_over_bare']:.2f} x "
               f"(target <= 1.5); naive {figures[k + 'naive_s']:.1f} s: {figures[k + 'naive_over_bare']:.2f} x "
               f"bare, job / naive {figures[k + 'job_over_naive']:.2f} x")  # fmt: skip
+        if k + "job_over_bare_archived" in figures:
+            print(f"    bare from the class archive {figures[k + 'bare_archived_s']:.1f} s: job / it "
+                  f"{figures[k + 'job_over_bare_archived']:.2f} x")  # fmt: skip
     if args.copies:
         k = f"copies_{args.copies}_"
         print(f"  {args.copies}% of the loans read twice: job {figures[k + 'job_s']:.1f} s, bare "

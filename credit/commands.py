@@ -67,6 +67,9 @@ COMMANDS: dict[str, Command] = {
     "sample-id": Command("serving.cli:main_sample_id", False, "print one client id of the active version"),
     "verify-online": Command("serving.verify:main", False, "check stored clients against the offline outputs"),
     "redis": Command("serving.embedded:main", False, "the embedded Redis: start|stop|status|url|ensure|cli"),
+    "spark-classes": Command(
+        "credit.class_archive:main", False, "record the class archive Spark jobs start from (make install runs it)"
+    ),
 }
 
 

@@ -33,6 +33,21 @@ LOG_CONFIG = ROOT / "conf" / "log4j2.properties"
 # read-and-write gains nothing). `--driver-java-options` or `spark.executor.extraJavaOptions` given in
 # SPARK_SUBMIT_OPTS_EXTRA replace these.
 JVM_OPTIONS = "-XX:+UseParallelGC"
+# The driver JVM maps the classes Spark loads from this class-data sharing archive, parsed and verified
+# once by `credit spark-classes` (`make install` runs it): see `credit.class_archive`. A JVM that cannot
+# use it (another Java, other jars) ignores it, and its messages about that are silenced.
+CLASS_ARCHIVE = Path(sys.prefix) / "spark-classes.jsa"
+QUIET_CDS = "-Xlog:cds=off -Xlog:cds+dynamic=off"
+
+
+def class_archive_options(record_to: Path | None = None) -> str:
+    """The driver's JVM options for the class archive: record it to `record_to` at exit, else map it when
+    there is one (quoted: spark-submit splits these options at spaces outside quotes)."""
+    if record_to is not None:
+        return f'"-XX:ArchiveClassesAtExit={record_to}" {QUIET_CDS}'
+    if CLASS_ARCHIVE.is_file() and '"' not in str(CLASS_ARCHIVE):
+        return f'"-XX:SharedArchiveFile={CLASS_ARCHIVE}" {QUIET_CDS}'
+    return ""
 
 
 def package_code(target: Path) -> Path:
@@ -45,7 +60,10 @@ def package_code(target: Path) -> Path:
     return target
 
 
-def spark_submit_command(job: str, args: Sequence[str], master: str, code: Path) -> list[str]:
+def spark_submit_command(
+    job: str, args: Sequence[str], master: str, code: Path, record_classes: Path | None = None
+) -> list[str]:
+    """The spark-submit command of `job` (`record_classes`: record the driver's class archive there)."""
     spark_submit = Path(sys.executable).parent / "spark-submit"
     if not spark_submit.exists():
         raise FileNotFoundError(f"no spark-submit beside {sys.executable}: run 'make install' first")
@@ -54,7 +72,9 @@ def spark_submit_command(job: str, args: Sequence[str], master: str, code: Path)
         "--driver-memory", os.environ.get("SPARK_DRIVER_MEMORY", "6g"),
         "--conf", "spark.ui.showConsoleProgress=false",
         # A URI holds no space, so a checkout path with a space survives spark-submit's option splitting.
-        "--driver-java-options", f"{JVM_OPTIONS} -Dlog4j2.configurationFile={LOG_CONFIG.as_uri()}",
+        "--driver-java-options",
+        " ".join(filter(None, (JVM_OPTIONS, class_archive_options(record_classes),
+                               f"-Dlog4j2.configurationFile={LOG_CONFIG.as_uri()}"))),
         "--conf", f"spark.executor.extraJavaOptions={JVM_OPTIONS}",
         "--py-files", str(code),
         *shlex.split(os.environ.get("SPARK_SUBMIT_OPTS_EXTRA", "")),
@@ -62,8 +82,13 @@ def spark_submit_command(job: str, args: Sequence[str], master: str, code: Path)
     ]  # fmt: skip
 
 
-def submit(job: str, args: Sequence[str], master: str, graceful: bool = False) -> int:
+def submit(
+    job: str, args: Sequence[str], master: str, graceful: bool = False, record_classes: Path | None = None,
+    log: int | None = None,
+) -> int:  # fmt: skip
     """Run `job` under spark-submit; its exit code. The job's result is printed on stdout at the end.
+    `record_classes` records the class archive there (see `credit.class_archive`); `log` is the file
+    descriptor spark-submit's output goes to (default stderr).
 
     `graceful`: the job stops cleanly on SIGTERM (a stream between micro-batches). spark-submit then runs
     in a session of its own, so that Ctrl-C reaches this process only, and both signals go to the job's
@@ -76,7 +101,8 @@ def submit(job: str, args: Sequence[str], master: str, graceful: bool = False) -
         result.touch()
         pid_file = Path(work) / "driver.pid"
         try:
-            command = spark_submit_command(job, args, master, package_code(Path(work) / "credit_risk_code.zip"))
+            zipped = package_code(Path(work) / "credit_risk_code.zip")
+            command = spark_submit_command(job, args, master, zipped, record_classes)
         except FileNotFoundError as exc:
             print(f"credit: {exc}", file=sys.stderr)
             return 2
@@ -89,7 +115,9 @@ def submit(job: str, args: Sequence[str], master: str, graceful: bool = False) -
             RESULT_FILE_ENV: str(result),
             **({DRIVER_PID_ENV: str(pid_file)} if graceful else {}),
         }
-        process = subprocess.Popen(command, env=env, stdout=sys.stderr.fileno(), start_new_session=graceful)
+        process = subprocess.Popen(
+            command, env=env, stdout=sys.stderr.fileno() if log is None else log, stderr=log, start_new_session=graceful
+        )
 
         def forward(signum: int, frame: FrameType | None) -> None:
             driver = pid_file.read_text(encoding="utf-8").strip() if graceful and pid_file.exists() else ""

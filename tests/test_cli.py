@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -43,15 +44,39 @@ def test_spark_jobs_run_with_the_parallel_collector_unless_the_user_says_otherwi
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("SPARK_SUBMIT_OPTS_EXTRA", "--conf spark.executor.extraJavaOptions=-XX:+UseG1GC")
+    monkeypatch.setattr(launcher, "CLASS_ARCHIVE", tmp_path / "no archive.jsa")
     command = launcher.spark_submit_command("features", ["--input", "x"], "local[*]", tmp_path / "code.zip")
     driver = command[command.index("--driver-java-options") + 1].split()
     assert driver[0] == "-XX:+UseParallelGC" and driver[1].startswith("-Dlog4j2.configurationFile=file:")
+    assert len(driver) == 2  # no class archive, none named
     executors = [value for flag, value in itertools.pairwise(command)
                  if flag == "--conf" and value.startswith("spark.executor.extraJavaOptions=")]  # fmt: skip
     # spark-submit keeps the last value given: the user's.
     assert executors == ["spark.executor.extraJavaOptions=-XX:+UseParallelGC",
                          "spark.executor.extraJavaOptions=-XX:+UseG1GC"]  # fmt: skip
     assert command[-4:] == [str(launcher.DRIVER), "features", "--input", "x"]
+
+
+def test_spark_jobs_map_the_class_archive_when_there_is_one_and_record_it_when_asked(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The driver's options name the archive as one option (spark-submit splits them at spaces outside
+    quotes), the JVM's messages about an unusable one silenced; recording names the file to write."""
+    archive = tmp_path / "a venv" / "spark-classes.jsa"
+    archive.parent.mkdir()
+    archive.write_bytes(b"")
+    monkeypatch.setattr(launcher, "CLASS_ARCHIVE", archive)
+
+    def driver_options(record: Path | None = None) -> list[str]:
+        command = launcher.spark_submit_command("features", [], "local[*]", tmp_path / "code.zip", record)
+        return shlex.split(command[command.index("--driver-java-options") + 1])
+
+    assert driver_options()[:4] == ["-XX:+UseParallelGC", f"-XX:SharedArchiveFile={archive}", "-Xlog:cds=off",
+                                    "-Xlog:cds+dynamic=off"]  # fmt: skip
+    recorded = tmp_path / "new one.jsa"
+    assert driver_options(recorded)[1] == f"-XX:ArchiveClassesAtExit={recorded}"
+    archive.unlink()
+    assert not any("Archive" in option for option in driver_options())
 
 
 def test_cli_a_bad_setting_is_exit_code_2_naming_it() -> None:
@@ -82,11 +107,18 @@ def test_spark_submit_runs_the_job_from_a_checkout_whose_path_has_a_space_then_r
     )
     (venv / "bin" / "credit").chmod(0o755)
     (venv / "bin" / "spark-submit").symlink_to(BIN / "spark-submit")
+    # The class archive `make install` recorded, mapped from a path with a space.
+    assert launcher.CLASS_ARCHIVE.is_file(), "no class archive: make install records it (credit spark-classes)"
+    (venv / launcher.CLASS_ARCHIVE.name).symlink_to(launcher.CLASS_ARCHIVE)
     source = tmp_path / "in put" / "loans.csv"
     source.parent.mkdir()
     shutil.copy(dirty.source, source)
     pyspark_home = Path(sysconfig.get_path("purelib")) / "pyspark"
-    env = clean_env(VENV=str(venv), SPARK_HOME=str(pyspark_home))
+    # Each JVM (spark-submit's launcher, then the driver) lists where its classes came from.
+    loaded = tmp_path / "classes"
+    loaded.mkdir()
+    env = clean_env(VENV=str(venv), SPARK_HOME=str(pyspark_home),
+                    JAVA_TOOL_OPTIONS=f"-Xlog:class+load=info:file={loaded}/%p.txt")  # fmt: skip
     out = tmp_path / "out put"
     command = [str(checkout / "spark-submit.sh"), "features", "--input", str(source), "--output", str(out),
                "--as-of", "2020-12-31"]  # fmt: skip
@@ -98,6 +130,8 @@ def test_spark_submit_runs_the_job_from_a_checkout_whose_path_has_a_space_then_r
     # The project's log4j settings were found (Spark's default profile announces itself otherwise).
     assert "Using Spark's default log4j profile" not in done.stderr
     assert "driver garbage collector PS MarkSweep/PS Scavenge" in done.stderr  # the launcher's JVM options
+    driver = max(loaded.iterdir(), key=lambda f: f.stat().st_size).read_text()
+    assert driver.count("source: shared objects file (top)") > 5000  # Spark's classes, from the archive
     written = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     assert written == ["clients", "features", "quarantine", "report.json"]
     capsys.readouterr()

@@ -255,15 +255,21 @@ def _count_if(condition: Column) -> Column:
     return F.sum(F.when(condition, 1).otherwise(0))
 
 
-def feature_metrics(features: DataFrame, observation: Observation) -> DataFrame:
-    """Observe the report's counts over the feature rows while they are written (no extra pass)."""
+def feature_counts(features: DataFrame) -> dict[str, Any]:
+    """The report's counts over the feature rows, by one aggregate of `features` (cached by the job, and
+    filled by the features' write: the aggregate reads the cache).
+
+    Not an `Observation` of the write, as the quarantine's few rows are counted: an observation's aggregates
+    are updated row by row outside Spark's generated code (17 counts observed over 7.8M lines took 17 s
+    more than the lines' pass alone, the same counts as an aggregate 4 s). At 8M loans, writing and then
+    counting the cache takes 16.4-17.3 s where the observed write took 17.8-18.9 s.
+    """
     counts = [
         _count_if(F.col(f"_null_{feature}") == reason).alias(f"null:{feature}:{reason}")
         for feature, reasons in NULL_REASONS.items()
         for reason in reasons
     ]
-    return features.observe(
-        observation,
+    row = features.agg(
         F.count(F.lit(1)).alias("rows"),
         F.sum(COPIES).alias("copies"),
         _count_if(F.col("nb_previous_loans") == 0).alias("clients"),
@@ -271,7 +277,9 @@ def feature_metrics(features: DataFrame, observation: Observation) -> DataFrame:
         F.min("loan_date").alias("first_loan_date"),
         F.max("loan_date").alias("last_loan_date"),
         *counts,
-    )
+    ).first()
+    assert row is not None  # an aggregate without groups has one row
+    return row.asDict()
 
 
 def quarantine_metrics(rejected: DataFrame, observation: Observation) -> DataFrame:
@@ -285,7 +293,7 @@ def quarantine_metrics(rejected: DataFrame, observation: Observation) -> DataFra
 
 
 def build_report(accepted: dict[str, Any], rejected: dict[str, Any]) -> dict[str, Any]:
-    """Turn the two observations into the report's counts."""
+    """Turn the feature rows' counts and the quarantine's observation into the report's counts."""
     rows_read = (accepted["copies"] or 0) + (rejected["copies"] or 0)
     distinct = accepted["rows"] + rejected["rows"]
     dates = (accepted["first_loan_date"], accepted["last_loan_date"])
@@ -382,14 +390,15 @@ def run(spark: SparkSession, args: FeatureJobArgs) -> dict[str, Any]:
                 time.perf_counter() - step,
                 shared,
             )
-            accepted_obs, rejected_obs = Observation("accepted"), Observation("rejected")
             step = time.perf_counter()
-            to_features_output(feature_metrics(features, accepted_obs)).write.parquet(staged.path("features"))
-            log.info("features written in %.1fs", time.perf_counter() - step)
+            to_features_output(features).write.parquet(staged.path("features"))
+            accepted_counts = feature_counts(features)
+            log.info("features written and counted in %.1fs", time.perf_counter() - step)
             step = time.perf_counter()
             to_clients_output(features).write.parquet(staged.path("clients"))
             log.info("clients' history written in %.1fs", time.perf_counter() - step)
             step = time.perf_counter()
+            rejected_obs = Observation("rejected")
             quarantine = to_quarantine_output(quarantine_metrics(rejected_rows(checked), rejected_obs))
             quarantine.write.parquet(staged.path("quarantine"))
             log.info("quarantine written in %.1fs", time.perf_counter() - step)
@@ -397,7 +406,7 @@ def run(spark: SparkSession, args: FeatureJobArgs) -> dict[str, Any]:
                 "input": args.input,
                 "output": args.output,
                 "as_of": args.as_of.isoformat() if args.as_of else None,
-                **build_report(accepted_obs.get, rejected_obs.get),
+                **build_report(accepted_counts, rejected_obs.get),
                 "files": source_report(sources),
                 "started_at": started_at.isoformat(timespec="seconds"),
                 "run_seconds": round(time.perf_counter() - started, 3),

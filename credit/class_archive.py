@@ -4,8 +4,8 @@ Every Spark job's JVM spends seconds of its start reading, parsing and verifying
 Spark's jars it uses. Java's class-data sharing keeps them, parsed and verified, in an archive that later
 JVMs map at start: the launcher passes it to the driver (`credit.launcher.class_archive_options`), and a
 Spark job starts about 3 s sooner (measured on 2 cores: the feature job, and a plain CSV read-and-write,
-on the sample's 780k loans). This command records the archive by running the feature job on a small
-generated sample with `-XX:ArchiveClassesAtExit`, into `.venv/spark-classes.jsa` (about 190 MB).
+on the sample's 780k loans). This command records the archive by running the feature job on two small
+generated samples with `-XX:ArchiveClassesAtExit`, into `.venv/spark-classes.jsa` (about 190 MB).
 
 The archive belongs to this venv's jars and this Java: a JVM that cannot use it (another Java, other
 jars) loads its classes as usual, so a stale archive only costs the seconds it saved. Run the command
@@ -29,21 +29,23 @@ from datagen.generate import write_csv
 
 log = logging.getLogger(__name__)
 
-# Enough clients for every route of the feature job (the dirty rows: malformed records, duplicates,
-# conflicting loan_ids, quoted values), few enough to run in seconds.
-CLIENTS = 200
+# The samples' clients: a file of one record per line (read as lines) and a small dirty one (quoted line
+# breaks, so read whole by the CSV reader; malformed records, duplicates, conflicting loan_ids), with few
+# enough loan_ids in common that the job takes its usual route (only the rows read twice compared whole).
+SAMPLES = {"lines.csv": (200, False), "dirty.csv": (5, True)}
 
 
 def record(archive: Path) -> int:
     """Run the feature job on a small sample with the JVM recording its classes into `archive`; 0 when
     recorded (replacing the previous archive only then), else 1 with the job's log shown."""
     with tempfile.TemporaryDirectory(prefix="credit-classes-") as work:
-        sample = Path(work) / "loans.csv"
-        write_csv(sample, CLIENTS, seed=1, dirty=True)
+        samples = [Path(work) / name for name in SAMPLES]
+        for seed, (sample, (clients, dirty)) in enumerate(zip(samples, SAMPLES.values(), strict=True)):
+            write_csv(sample, clients, seed=seed, dirty=dirty)
         recorded = Path(work) / archive.name
+        arguments = ["--input", ",".join(map(str, samples)), "--output", str(Path(work) / "out")]
         with (Path(work) / "job.log").open("w+") as job_log:
-            code = launcher.submit("features", ["--input", str(sample), "--output", str(Path(work) / "out")],
-                                   "local[*]", record_classes=recorded, log=job_log.fileno())  # fmt: skip
+            code = launcher.submit("features", arguments, "local[*]", record_classes=recorded, log=job_log.fileno())
             job_log.seek(0)
             output = job_log.read()
         if code != 0 or not recorded.is_file():

@@ -70,6 +70,7 @@ class SourceFile:
     undecodable_lines: int = 0  # lines holding bytes that are not UTF-8
     quoted_lines: int = 0  # lines holding a double quote
     header_line: str | None = None  # the first line as read (a byte order mark dropped)
+    bytes: int = 0  # the lines' bytes, each line break counted as one byte (uncompressed)
 
     @property
     def name(self) -> str:
@@ -114,8 +115,8 @@ def paths_of(spec: str) -> list[str]:
 
 def scan(spark: SparkSession, paths: str | list[str], limits: Limits) -> list[SourceFile]:
     """Each file's first line (its header), read on the driver; then one parallel pass over the input's lines:
-    per file, the line count, the odd-quote and long lines, and the counts `SourceFile.by_lines` decides on
-    (lines equal to an input file's first line, lines that are not UTF-8, lines holding a quote).
+    per file, the line count and bytes, the odd-quote and long lines, and the counts `SourceFile.by_lines`
+    decides on (lines equal to an input file's first line, lines that are not UTF-8, lines holding a quote).
 
     The pass is cheap on the lines that need no look (most of them): a line's quotes are counted only when
     it holds one, and its characters only when its bytes exceed the limit.
@@ -147,6 +148,7 @@ def scan(spark: SparkSession, paths: str | list[str], limits: Limits) -> list[So
             F.count_if(header_like).alias("header_lines"),
             F.count_if(~F.is_valid_utf8(value)).alias("undecodable_lines"),
             F.count_if(quoted).alias("quoted_lines"),
+            F.sum(F.octet_length(value) + 1).alias("bytes"),
         )
         .collect()
     )
@@ -209,8 +211,9 @@ def _source_file(file: str, parts: list[Any]) -> SourceFile:
         long += [(first_line + row, chars) for row, chars in part["long"]]
         before += part["lines"]
     path = _path_of(file)  # shown and read as a plain path when local
-    counts = [sum(part[name] for part in parts) for name in ("header_lines", "undecodable_lines", "quoted_lines")]
-    return SourceFile(path, (), before, tuple(sorted(odd)), tuple(sorted(long)), *counts)
+    counts = {name: sum(part[name] for part in parts)
+              for name in ("header_lines", "undecodable_lines", "quoted_lines", "bytes")}  # fmt: skip
+    return SourceFile(path, (), before, tuple(sorted(odd)), tuple(sorted(long)), **counts)
 
 
 def check_structure(source: SourceFile, limits: Limits) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import shlex
 import shutil
 import subprocess
@@ -130,6 +131,10 @@ def test_spark_submit_runs_the_job_from_a_checkout_whose_path_has_a_space_then_r
     # The project's log4j settings were found (Spark's default profile announces itself otherwise).
     assert "Using Spark's default log4j profile" not in done.stderr
     assert "driver garbage collector PS MarkSweep/PS Scavenge" in done.stderr  # the launcher's JVM options
+    # A small input: its shuffles in one partition per core, not the 16 of [spark] shuffle_partitions.
+    shuffled = re.search(r"shuffles in (\d+) partitions \((\d+) cores\)", done.stderr)
+    assert shuffled is not None and shuffled[1] == shuffled[2], done.stderr[-2000:]
+    assert len(list((out / "features").glob("part-*.parquet"))) == int(shuffled[1])
     driver = max(loaded.iterdir(), key=lambda f: f.stat().st_size).read_text()
     assert driver.count("source: shared objects file (top)") > 5000  # Spark's classes, from the archive
     written = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))

@@ -338,3 +338,21 @@ def test_validate_keeps_every_row_once(spark: SparkSession, as_of: dt.date | Non
     """Validation adds a reason; it never drops or repeats a distinct row."""
     rows = [{**loan(i, i, "2020-02-01"), column: value} for i, (column, value, _) in enumerate(REJECT_CASES, start=1)]
     assert checked(spark, *rows, as_of=as_of).count() == len(rows)
+
+
+@pytest.mark.parametrize(
+    ("input_bytes", "cores", "most", "partitions"),
+    [
+        (0, 2, 16, 2),  # an empty input: one per core
+        (10 * 2**20, 2, 16, 2),  # a small file: one per core
+        (129 * 2**20, 2, 16, 4),  # the sample: 3 of 64 MiB, rounded up to a multiple of the cores
+        (1304 * 2**20, 2, 16, 16),  # 8M loans: 21 of 64 MiB, at most [spark] shuffle_partitions
+        (129 * 2**20, 8, 200, 8),  # a cluster of 8 cores: one per core
+        (64 * 2**20 * 10, 4, 200, 12),  # 10 of 64 MiB on 4 cores
+        (129 * 2**20, 2, 1, 1),  # shuffle_partitions 1 holds
+    ],
+)
+def test_shuffle_partitions_follow_the_input_size_per_core_up_to_the_setting(
+    input_bytes: int, cores: int, most: int, partitions: int
+) -> None:
+    assert fj.shuffle_partitions(input_bytes, cores, most) == partitions

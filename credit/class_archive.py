@@ -36,7 +36,7 @@ SAMPLES = {"lines.csv": (200, False), "dirty.csv": (5, True)}
 
 
 def record(archive: Path) -> int:
-    """Run the feature job on a small sample with the JVM recording its classes into `archive`; 0 when
+    """Run the feature job on the `SAMPLES` with the JVM recording its classes into `archive`; 0 when
     recorded (replacing the previous archive only then), else 1 with the job's log shown."""
     with tempfile.TemporaryDirectory(prefix="credit-classes-") as work:
         samples = [Path(work) / name for name in SAMPLES]

@@ -30,9 +30,12 @@ LOG_CONFIG = ROOT / "conf" / "log4j2.properties"
 # The JVMs that do the work (the driver, which is also the executor in local mode, and a cluster's
 # executors) collect garbage with the parallel collector: the jobs are batch work holding large caches,
 # where it ends the feature job about 6% sooner than the default G1 (8M loans, 2 cores; a bare CSV
-# read-and-write gains nothing). `--driver-java-options` or `spark.executor.extraJavaOptions` given in
-# SPARK_SUBMIT_OPTS_EXTRA replace these.
-JVM_OPTIONS = "-XX:+UseParallelGC"
+# read-and-write gains nothing). Their just-in-time compiler waits three times longer than its default
+# before compiling a method: a job's JVM is cold, and on a few cores the compiler threads take time from
+# the tasks for methods run only briefly (the sample's 780k loans: the job about 1 s sooner, 6 of 8
+# alternating runs; 8M loans: no change). `--driver-java-options` or `spark.executor.extraJavaOptions`
+# given in SPARK_SUBMIT_OPTS_EXTRA replace these.
+JVM_OPTIONS = "-XX:+UseParallelGC -XX:CompileThresholdScaling=3"
 # The driver JVM maps the classes Spark loads from this class-data sharing archive, parsed and verified
 # once by `credit spark-classes` (`make install` runs it): see `credit.class_archive`. A JVM that cannot
 # use it (another Java, other jars) ignores it, and its messages about that are silenced.

@@ -48,12 +48,13 @@ def test_spark_jobs_run_with_the_parallel_collector_unless_the_user_says_otherwi
     monkeypatch.setattr(launcher, "CLASS_ARCHIVE", tmp_path / "no archive.jsa")
     command = launcher.spark_submit_command("features", ["--input", "x"], "local[*]", tmp_path / "code.zip")
     driver = command[command.index("--driver-java-options") + 1].split()
-    assert driver[0] == "-XX:+UseParallelGC" and driver[1].startswith("-Dlog4j2.configurationFile=file:")
-    assert len(driver) == 2  # no class archive, none named
+    assert driver[:2] == ["-XX:+UseParallelGC", "-XX:CompileThresholdScaling=3"]
+    assert driver[2].startswith("-Dlog4j2.configurationFile=file:")
+    assert len(driver) == 3  # no class archive, none named
     executors = [value for flag, value in itertools.pairwise(command)
                  if flag == "--conf" and value.startswith("spark.executor.extraJavaOptions=")]  # fmt: skip
     # spark-submit keeps the last value given: the user's.
-    assert executors == ["spark.executor.extraJavaOptions=-XX:+UseParallelGC",
+    assert executors == ["spark.executor.extraJavaOptions=-XX:+UseParallelGC -XX:CompileThresholdScaling=3",
                          "spark.executor.extraJavaOptions=-XX:+UseG1GC"]  # fmt: skip
     assert command[-4:] == [str(launcher.DRIVER), "features", "--input", "x"]
 
@@ -72,10 +73,11 @@ def test_spark_jobs_map_the_class_archive_when_there_is_one_and_record_it_when_a
         command = launcher.spark_submit_command("features", [], "local[*]", tmp_path / "code.zip", record)
         return shlex.split(command[command.index("--driver-java-options") + 1])
 
-    assert driver_options()[:4] == ["-XX:+UseParallelGC", f"-XX:SharedArchiveFile={archive}", "-Xlog:cds=off",
+    assert driver_options()[:5] == ["-XX:+UseParallelGC", "-XX:CompileThresholdScaling=3",
+                                    f"-XX:SharedArchiveFile={archive}", "-Xlog:cds=off",
                                     "-Xlog:cds+dynamic=off"]  # fmt: skip
     recorded = tmp_path / "new one.jsa"
-    assert driver_options(recorded)[1] == f"-XX:ArchiveClassesAtExit={recorded}"
+    assert driver_options(recorded)[2] == f"-XX:ArchiveClassesAtExit={recorded}"
     archive.unlink()
     assert not any("Archive" in option for option in driver_options())
 

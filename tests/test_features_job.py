@@ -464,8 +464,11 @@ def test_job_routes_every_row_to_the_contracts_outcome(
     caplog.set_level(logging.INFO, logger="spark_jobs.features")
     source = write(tmp_path / "loans.csv", "\n".join([HEADER, *ROUTE_LINES]) + "\n")
     session = {key: spark.conf.get(key, None) for key in fj.JOB_SQL_SETTINGS}
+    spark.catalog.clearCache()
     report = run(spark, source, tmp_path / "out")
     assert {key: spark.conf.get(key, None) for key in fj.JOB_SQL_SETTINGS} == session  # put back after the run
+    # Every frame the job cached is released.
+    assert spark._jsparkSession.sharedState().cacheManager().isEmpty()
     truth = reference.compute([source], AS_OF)
     features, quarantine, clients = outputs(spark, tmp_path / "out")
     assert {r.loan_id: tuple(r) for r in features.collect()} == truth.features

@@ -36,6 +36,12 @@ LOG_CONFIG = ROOT / "conf" / "log4j2.properties"
 # alternating runs; 8M loans: no change). `--driver-java-options` or `spark.executor.extraJavaOptions`
 # given in SPARK_SUBMIT_OPTS_EXTRA replace these.
 JVM_OPTIONS = "-XX:+UseParallelGC -XX:CompileThresholdScaling=3"
+# The driver's compiler also follows these directives: its optimizing compiler leaves alone the code that
+# does a job's one-off work (Spark's code generator, serialization, bytecode tools; see the file). A file on
+# the driver's machine, so a cluster's executors run without it. The JVM's note that it read them goes to
+# its console, silenced with the rest of that console (`-XX:-DisplayVMOutput`: a SIGQUIT thread dump
+# prints nothing; `jcmd PID Thread.print` gives one). Warnings and errors still reach stderr.
+JIT_DIRECTIVES = ROOT / "conf" / "jit-directives.json"
 # The driver JVM maps the classes Spark loads from this class-data sharing archive, parsed and verified
 # once by `credit spark-classes` (`make install` runs it): see `credit.class_archive`. A JVM that cannot
 # use it (another Java, other jars) ignores it, and its messages about that are silenced.
@@ -50,6 +56,14 @@ def class_archive_options(record_to: Path | None = None) -> str:
         return f'"-XX:ArchiveClassesAtExit={record_to}" {QUIET_CDS}'
     if CLASS_ARCHIVE.is_file() and '"' not in str(CLASS_ARCHIVE):
         return f'"-XX:SharedArchiveFile={CLASS_ARCHIVE}" {QUIET_CDS}'
+    return ""
+
+
+def compiler_options() -> str:
+    """The driver's JVM options for the compiler directives (quoted, as the class archive's), when the file is
+    there."""
+    if JIT_DIRECTIVES.is_file() and '"' not in str(JIT_DIRECTIVES):
+        return f'-XX:+UnlockDiagnosticVMOptions -XX:-DisplayVMOutput "-XX:CompilerDirectivesFile={JIT_DIRECTIVES}"'
     return ""
 
 
@@ -76,7 +90,7 @@ def spark_submit_command(
         "--conf", "spark.ui.showConsoleProgress=false",
         # A URI holds no space, so a checkout path with a space survives spark-submit's option splitting.
         "--driver-java-options",
-        " ".join(filter(None, (JVM_OPTIONS, class_archive_options(record_classes),
+        " ".join(filter(None, (JVM_OPTIONS, compiler_options(), class_archive_options(record_classes),
                                f"-Dlog4j2.configurationFile={LOG_CONFIG.as_uri()}"))),
         "--conf", f"spark.executor.extraJavaOptions={JVM_OPTIONS}",
         "--py-files", str(code),

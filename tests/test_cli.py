@@ -47,10 +47,12 @@ def test_spark_jobs_run_with_the_parallel_collector_unless_the_user_says_otherwi
     monkeypatch.setenv("SPARK_SUBMIT_OPTS_EXTRA", "--conf spark.executor.extraJavaOptions=-XX:+UseG1GC")
     monkeypatch.setattr(launcher, "CLASS_ARCHIVE", tmp_path / "no archive.jsa")
     command = launcher.spark_submit_command("features", ["--input", "x"], "local[*]", tmp_path / "code.zip")
-    driver = command[command.index("--driver-java-options") + 1].split()
+    driver = shlex.split(command[command.index("--driver-java-options") + 1])
     assert driver[:2] == ["-XX:+UseParallelGC", "-XX:CompileThresholdScaling=3"]
-    assert driver[2].startswith("-Dlog4j2.configurationFile=file:")
-    assert len(driver) == 3  # no class archive, none named
+    assert driver[2:5] == ["-XX:+UnlockDiagnosticVMOptions", "-XX:-DisplayVMOutput",
+                           f"-XX:CompilerDirectivesFile={launcher.JIT_DIRECTIVES}"]  # fmt: skip
+    assert driver[5].startswith("-Dlog4j2.configurationFile=file:")
+    assert len(driver) == 6  # no class archive, none named
     executors = [value for flag, value in itertools.pairwise(command)
                  if flag == "--conf" and value.startswith("spark.executor.extraJavaOptions=")]  # fmt: skip
     # spark-submit keeps the last value given: the user's.
@@ -73,13 +75,40 @@ def test_spark_jobs_map_the_class_archive_when_there_is_one_and_record_it_when_a
         command = launcher.spark_submit_command("features", [], "local[*]", tmp_path / "code.zip", record)
         return shlex.split(command[command.index("--driver-java-options") + 1])
 
-    assert driver_options()[:5] == ["-XX:+UseParallelGC", "-XX:CompileThresholdScaling=3",
-                                    f"-XX:SharedArchiveFile={archive}", "-Xlog:cds=off",
-                                    "-Xlog:cds+dynamic=off"]  # fmt: skip
+    assert driver_options()[5:8] == [f"-XX:SharedArchiveFile={archive}", "-Xlog:cds=off", "-Xlog:cds+dynamic=off"]
     recorded = tmp_path / "new one.jsa"
-    assert driver_options(recorded)[2] == f"-XX:ArchiveClassesAtExit={recorded}"
+    assert driver_options(recorded)[5] == f"-XX:ArchiveClassesAtExit={recorded}"
     archive.unlink()
     assert not any("Archive" in option for option in driver_options())
+
+
+def test_the_driver_s_compiler_directives_are_read_by_java_and_its_note_about_them_silenced(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The directives file is one directive the JVM accepts (a file it cannot read or parse stops it), read
+    from a path with a space; the JVM's note that it read them is not printed. No file: no options."""
+    java = shutil.which("java")
+    assert java is not None
+    directives = tmp_path / "a checkout" / "jit-directives.json"
+    directives.parent.mkdir()
+    shutil.copy(launcher.JIT_DIRECTIVES, directives)
+    monkeypatch.setattr(launcher, "JIT_DIRECTIVES", directives)
+    options = shlex.split(launcher.compiler_options())
+    assert options[-1] == f"-XX:CompilerDirectivesFile={directives}"
+    shown = [option for option in options if option != "-XX:-DisplayVMOutput"]
+    printed = subprocess.run([java, *shown, "-XX:+CompilerDirectivesPrint", "-version"], capture_output=True,
+                             text=True, timeout=60)  # fmt: skip
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout.startswith("1 compiler directives added\n")
+    assert "matching: " in printed.stdout and "org/codehaus/*.*" in printed.stdout
+    assert "Exclude:true" in printed.stdout.split("c2 directives:")[1]
+    quiet = subprocess.run([java, *options, "-version"], capture_output=True, text=True, timeout=60)
+    assert quiet.returncode == 0 and quiet.stdout == "" and "version" in quiet.stderr
+    directives.write_text("[{ match: }]")
+    broken = subprocess.run([java, *options, "-version"], capture_output=True, text=True, timeout=60)
+    assert broken.returncode != 0  # why the launcher gives the options only for a file that is there
+    directives.unlink()
+    assert launcher.compiler_options() == ""
 
 
 def test_cli_a_bad_setting_is_exit_code_2_naming_it() -> None:
@@ -133,6 +162,7 @@ def test_spark_submit_runs_the_job_from_a_checkout_whose_path_has_a_space_then_r
     # The project's log4j settings were found (Spark's default profile announces itself otherwise).
     assert "Using Spark's default log4j profile" not in done.stderr
     assert "driver garbage collector PS MarkSweep/PS Scavenge" in done.stderr  # the launcher's JVM options
+    assert "compiler directives" not in done.stderr  # read from this checkout (the JVM stops on a bad path)
     # A small input: its shuffles in one partition per core, not the 16 of [spark] shuffle_partitions.
     shuffled = re.search(r"shuffles in (\d+) partitions \((\d+) cores\)", done.stderr)
     assert shuffled is not None and shuffled[1] == shuffled[2], done.stderr[-2000:]

@@ -8,8 +8,9 @@ on the sample's 780k loans). This command records the archive by running the fea
 generated samples with `-XX:ArchiveClassesAtExit`, into `.venv/spark-classes.jsa` (about 190 MB).
 
 The archive belongs to this venv's jars and this Java: a JVM that cannot use it (another Java, other
-jars) loads its classes as usual, so a stale archive only costs the seconds it saved. Run the command
-again after changing either.
+jars) loads its classes as usual, so a stale archive only costs the seconds it saved. Beside it, the
+fingerprint of both as recorded (`credit.launcher.fingerprint`); when Spark jobs would start with
+another, the launcher says so, naming this command, which records the archive again.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def record(archive: Path) -> int:
             return 1
         archive.parent.mkdir(parents=True, exist_ok=True)
         os.replace(recorded, archive)
+        launcher.fingerprint_file(archive).write_text(launcher.fingerprint(), encoding="utf-8")
     return 0
 
 

@@ -9,8 +9,11 @@ the job's log goes to stderr and its result (see `conf.command.emit`) is printed
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import importlib.util
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -49,12 +52,51 @@ CLASS_ARCHIVE = Path(sys.prefix) / "spark-classes.jsa"
 QUIET_CDS = "-Xlog:cds=off -Xlog:cds+dynamic=off"
 
 
+def fingerprint_file(archive: Path) -> Path:
+    return archive.with_name(archive.name + ".fingerprint")
+
+
+def _stamp(path: Path) -> str:
+    stat = path.stat()
+    return f"{path} {stat.st_size} {stat.st_mtime_ns}"
+
+
+def fingerprint() -> str:
+    """What an archive belongs to, as spark-submit would start the driver now: the Java (`JAVA_HOME`'s, else
+    the one on PATH) by its JVM library, and the Spark jars by name and size; "" when either is not found.
+    Reading it costs about a millisecond (no JVM is started)."""
+    home = os.environ.get("JAVA_HOME")
+    java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
+    spark = importlib.util.find_spec("pyspark")
+    if not java or not Path(java).exists() or spark is None or not spark.submodule_search_locations:
+        return ""
+    java_home = Path(java).resolve().parent.parent
+    jvm = sorted(java_home.glob("lib/server/libjvm.*")) or [Path(java).resolve()]
+    jars = sorted(Path(next(iter(spark.submodule_search_locations)), "jars").glob("*.jar"))
+    listing = "\n".join(f"{jar.name} {jar.stat().st_size}" for jar in jars)
+    return f"java {_stamp(jvm[0])}\njars {len(jars)} {hashlib.sha256(listing.encode()).hexdigest()[:16]}\n"
+
+
+def stale(archive: Path) -> str:
+    """Why the archive may not serve the driver a job would start now ("" when it does): recorded for another
+    Java or other Spark jars, or before its fingerprint was kept beside it."""
+    try:
+        recorded = fingerprint_file(archive).read_text(encoding="utf-8")
+    except OSError:
+        return "has no fingerprint of the Java and Spark jars it was recorded for"
+    return "" if recorded == fingerprint() else "was recorded for another Java or other Spark jars"
+
+
 def class_archive_options(record_to: Path | None = None) -> str:
     """The driver's JVM options for the class archive: record it to `record_to` at exit, else map it when
-    there is one (quoted: spark-submit splits these options at spaces outside quotes)."""
+    there is one (quoted: spark-submit splits these options at spaces outside quotes), saying so on stderr
+    when it looks stale (the JVM would ignore it silently)."""
     if record_to is not None:
         return f'"-XX:ArchiveClassesAtExit={record_to}" {QUIET_CDS}'
     if CLASS_ARCHIVE.is_file() and '"' not in str(CLASS_ARCHIVE):
+        if why := stale(CLASS_ARCHIVE):
+            print(f"credit: the class archive {CLASS_ARCHIVE} {why}: Spark jobs may start about 3 s slower until "
+                  "'./spark-submit.sh spark-classes' records it again (about 35 s)", file=sys.stderr)  # fmt: skip
         return f'"-XX:SharedArchiveFile={CLASS_ARCHIVE}" {QUIET_CDS}'
     return ""
 

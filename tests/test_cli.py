@@ -11,6 +11,7 @@ import subprocess
 import sys
 import sysconfig
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -82,6 +83,47 @@ def test_spark_jobs_map_the_class_archive_when_there_is_one_and_record_it_when_a
     assert not any("Archive" in option for option in driver_options())
 
 
+def test_a_class_archive_recorded_for_another_java_or_other_jars_is_named_with_the_command_that_records_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The JVM ignores such an archive silently (its messages are off): the launcher says so, still passing
+    it (the JVM decides). The fingerprint follows the Java spark-submit would run (JAVA_HOME's, else PATH's)
+    and the Spark jars."""
+    archive = tmp_path / "spark-classes.jsa"
+    archive.write_bytes(b"")
+    monkeypatch.setattr(launcher, "CLASS_ARCHIVE", archive)
+
+    def warning() -> str:
+        options = launcher.class_archive_options()
+        assert options.startswith(f'"-XX:SharedArchiveFile={archive}"')
+        return capsys.readouterr().err
+
+    assert "has no fingerprint" in warning() and "'./spark-submit.sh spark-classes'" in warning()
+    fingerprint = launcher.fingerprint()
+    assert fingerprint.startswith("java /") and "\njars " in fingerprint
+    launcher.fingerprint_file(archive).write_text(fingerprint, encoding="utf-8")
+    assert warning() == ""
+    # Another Java: a JAVA_HOME of its own (its JVM library another file).
+    other = tmp_path / "other java"
+    (other / "bin").mkdir(parents=True)
+    (other / "lib" / "server").mkdir(parents=True)
+    (other / "bin" / "java").write_text("")
+    (other / "lib" / "server" / "libjvm.so").write_bytes(b"jvm")
+    monkeypatch.setenv("JAVA_HOME", str(other))
+    assert f"java {other / 'lib' / 'server' / 'libjvm.so'} 3 " in launcher.fingerprint()
+    assert "was recorded for another Java or other Spark jars" in warning()
+    monkeypatch.delenv("JAVA_HOME")
+    assert warning() == ""
+    # Other jars: one more in Spark's folder changes the fingerprint.
+    jars = tmp_path / "pyspark"
+    (jars / "jars").mkdir(parents=True)
+    (jars / "jars" / "spark-core.jar").write_bytes(b"x")
+    monkeypatch.setattr(launcher.importlib.util, "find_spec",
+                        lambda name: SimpleNamespace(submodule_search_locations=[str(jars)]))  # fmt: skip
+    assert launcher.fingerprint().endswith(f"jars 1 {launcher.fingerprint().split()[-1]}\n")
+    assert "was recorded for another Java or other Spark jars" in warning()
+
+
 def test_the_driver_s_compiler_directives_are_read_by_java_and_its_note_about_them_silenced(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -142,6 +184,9 @@ def test_spark_submit_runs_the_job_from_a_checkout_whose_path_has_a_space_then_r
     # The class archive `make install` recorded, mapped from a path with a space.
     assert launcher.CLASS_ARCHIVE.is_file(), "no class archive: make install records it (credit spark-classes)"
     (venv / launcher.CLASS_ARCHIVE.name).symlink_to(launcher.CLASS_ARCHIVE)
+    fingerprint = launcher.fingerprint_file(launcher.CLASS_ARCHIVE)
+    assert fingerprint.is_file(), "the class archive has no fingerprint: record it again (credit spark-classes)"
+    launcher.fingerprint_file(venv / launcher.CLASS_ARCHIVE.name).symlink_to(fingerprint)
     source = tmp_path / "in put" / "loans.csv"
     source.parent.mkdir()
     shutil.copy(dirty.source, source)
@@ -163,6 +208,7 @@ def test_spark_submit_runs_the_job_from_a_checkout_whose_path_has_a_space_then_r
     assert "Using Spark's default log4j profile" not in done.stderr
     assert "driver garbage collector PS MarkSweep/PS Scavenge" in done.stderr  # the launcher's JVM options
     assert "compiler directives" not in done.stderr  # read from this checkout (the JVM stops on a bad path)
+    assert "class archive" not in done.stderr  # recorded for this Java and these jars
     # A small input: its shuffles in one partition per core, not the 16 of [spark] shuffle_partitions.
     shuffled = re.search(r"shuffles in (\d+) partitions \((\d+) cores\)", done.stderr)
     assert shuffled is not None and shuffled[1] == shuffled[2], done.stderr[-2000:]

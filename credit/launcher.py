@@ -64,7 +64,7 @@ def _stamp(path: Path) -> str:
 def fingerprint() -> str:
     """What an archive belongs to, as spark-submit would start the driver now: the Java (`JAVA_HOME`'s, else
     the one on PATH) by its JVM library, and the Spark jars by name and size; "" when either is not found.
-    Reading it costs about a millisecond (no JVM is started)."""
+    Reading it costs about 2 ms (no JVM is started)."""
     home = os.environ.get("JAVA_HOME")
     java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
     spark = importlib.util.find_spec("pyspark")

@@ -120,7 +120,7 @@ def test_a_class_archive_recorded_for_another_java_or_other_jars_is_named_with_t
     (jars / "jars" / "spark-core.jar").write_bytes(b"x")
     monkeypatch.setattr(launcher.importlib.util, "find_spec",
                         lambda name: SimpleNamespace(submodule_search_locations=[str(jars)]))  # fmt: skip
-    assert launcher.fingerprint().endswith(f"jars 1 {launcher.fingerprint().split()[-1]}\n")
+    assert "\njars 1 " in launcher.fingerprint()  # the one jar of that folder, not Spark's 279
     assert "was recorded for another Java or other Spark jars" in warning()
 
 

@@ -433,6 +433,61 @@ def test_job_matches_plain_python_contract_on_dirty_generated_data(spark: SparkS
     assert dirty.report["duplicates_dropped"] > 0 and dirty.report["status_unknown"] > 0
 
 
+# HotSpot never compiles a method of more bytecode than this (`-XX:+DontCompileHugeMethods`, its default): a
+# method of Spark's generated code that grows past it runs interpreted, silently. One more condition per
+# column in the keyed rows' projection made warm runs of the whole job on the sample 1.7 times slower.
+HUGE_METHOD_LIMIT = 8000
+
+
+def generated_method_sizes(frame: DataFrame) -> list[tuple[int, str]]:
+    """(largest method's bytecode size, the plan it runs) per generated code of the frame's physical plan."""
+    stages = frame._jdf.queryExecution().debug().codegenToSeq()
+    return [(stages.apply(i)._3().maxMethodCodeSize(), stages.apply(i)._1()) for i in range(stages.size())]
+
+
+@pytest.mark.parametrize("route", ["narrow", "plain"])
+@pytest.mark.parametrize("read", ["whole", "lines"])
+def test_job_generated_code_stays_small_enough_to_be_compiled(
+    spark: SparkSession, dirty: Dirty, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, route: str, read: str
+) -> None:
+    """Every method Spark generates for the job's plans as the job runs them (each frame it caches, over the
+    caches before it, then its outputs, the report's counts and the conflict check) is one the JIT compiles:
+    on the dirty data (quoted line breaks: read whole) and on lines cut at their commas or parsed."""
+    monkeypatch.setattr(fj, "WHOLE_SHARE_LIMIT", 1.0 if route == "narrow" else 0.0)
+    quoted = csv_line("2", "10", "2020-01-05", "300", occupation_type='"Core staff, ""senior"""')
+    lines = write(tmp_path / "lines.csv", "\n".join([HEADER, *SMALL_LINES[:1], quoted, *SMALL_LINES[2:]]) + "\n")
+    sizes: dict[str, list[tuple[int, str]]] = {}
+    cached: list[DataFrame] = []
+
+    def cache(frame: DataFrame) -> DataFrame:
+        sizes[f"cached {len(cached)}"] = generated_method_sizes(frame)
+        cached.append(frame.persist())
+        return frame
+
+    try:
+        with fj.sql_settings(spark, fj.JOB_SQL_SETTINGS):
+            raw, sources = read_raw(spark, str(dirty.source if read == "whole" else lines), fj.DEFAULT_LIMITS)
+            assert [(s.multiline, s.by_lines, s.quoted_lines > 0) for s in sources] == [
+                (True, False, True) if read == "whole" else (False, True, True)]  # fmt: skip
+            checked, accepted, conflicts = fj.checked_rows(spark, raw, sources, AS_OF, cache)
+            features = cache(fj.add_features(accepted))
+            outputs = {
+                "features": fj.to_features_output(features),
+                "counts": fj.feature_counts_frame(features),
+                "clients": fj.to_clients_output(features),
+                "quarantine": fj.to_quarantine_output(fj.rejected_rows(checked)),
+                "conflicts": conflicts,
+            }
+            sizes |= {name: generated_method_sizes(frame) for name, frame in outputs.items()}
+    finally:
+        for frame in cached:
+            frame.unpersist()
+    assert len(cached) == (5 if route == "narrow" else 4)
+    assert sizes["cached 1"]  # the rows read and parsed: generated code
+    assert {name: [(size, plan[:300]) for size, plan in stages if size > HUGE_METHOD_LIMIT]
+            for name, stages in sizes.items()} == {name: [] for name in sizes}  # fmt: skip
+
+
 # Rows whose route through the job depends on their loan_id: read more than once or not, the same number
 # written two ways, a field that only looks like a loan_id, rows rejected on their own.
 ROUTE_LINES = [

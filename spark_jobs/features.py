@@ -401,9 +401,7 @@ def run(spark: SparkSession, args: FeatureJobArgs) -> dict[str, Any]:
             return frame
 
         try:
-            checked, accepted, conflicts = checked_rows(spark, raw, sources, args.as_of, cache)
-            # Cached as the features are written: the clients' history is their last rows, not a second window.
-            features = cache(add_features(accepted))
+            checked, conflicts, features = job_frames(spark, raw, sources, args.as_of, cache)
             # Counted first, with every core on it: this fills the rows' caches before the outputs read
             # them (written concurrently, the features' plan would wait on the same cache blocks).
             step = time.perf_counter()
@@ -493,6 +491,20 @@ def checked_rows(
     conflicts = cache(conflicting_loan_ids(whole))
     checked = validate(whole, as_of, conflicts)
     return checked, accepted_rows(lone_rows(keyed), checked), conflicts
+
+
+def job_frames(
+    spark: SparkSession,
+    raw: DataFrame,
+    sources: Sequence[SourceFile],
+    as_of: dt.date | None,
+    cache: Callable[[DataFrame], DataFrame],
+) -> tuple[DataFrame, DataFrame, DataFrame]:
+    """What `run` writes its outputs from: the checked rows (the quarantine's), the conflicting loan_ids and
+    the features (`add_features` of the accepted rows, cached)."""
+    checked, accepted, conflicts = checked_rows(spark, raw, sources, as_of, cache)
+    # Cached as the features are written: the clients' history is their last rows, not a second window.
+    return checked, conflicts, cache(add_features(accepted))
 
 
 def parse_args(argv: Sequence[str] | None, settings: Settings) -> FeatureJobArgs:

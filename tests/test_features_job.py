@@ -450,9 +450,10 @@ def generated_method_sizes(frame: DataFrame) -> list[tuple[int, str]]:
 def test_job_generated_code_stays_small_enough_to_be_compiled(
     spark: SparkSession, dirty: Dirty, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, route: str, read: str
 ) -> None:
-    """Every method Spark generates for the job's plans as the job runs them (each frame it caches, over the
-    caches before it, then its outputs, the report's counts and the conflict check) is one the JIT compiles:
-    on the dirty data (quoted line breaks: read whole) and on lines cut at their commas or parsed."""
+    """Every method Spark generates for the job's plans as the job runs them (`job_frames`: each frame it
+    caches, over the caches before it; then its outputs, the report's counts and the conflict check) is one
+    the JIT compiles: on the dirty data (quoted line breaks: read whole) and on lines cut at their commas or
+    parsed."""
     monkeypatch.setattr(fj, "WHOLE_SHARE_LIMIT", 1.0 if route == "narrow" else 0.0)
     quoted = csv_line("2", "10", "2020-01-05", "300", occupation_type='"Core staff, ""senior"""')
     lines = write(tmp_path / "lines.csv", "\n".join([HEADER, *SMALL_LINES[:1], quoted, *SMALL_LINES[2:]]) + "\n")
@@ -469,8 +470,7 @@ def test_job_generated_code_stays_small_enough_to_be_compiled(
             raw, sources = read_raw(spark, str(dirty.source if read == "whole" else lines), fj.DEFAULT_LIMITS)
             assert [(s.multiline, s.by_lines, s.quoted_lines > 0) for s in sources] == [
                 (True, False, True) if read == "whole" else (False, True, True)]  # fmt: skip
-            checked, accepted, conflicts = fj.checked_rows(spark, raw, sources, AS_OF, cache)
-            features = cache(fj.add_features(accepted))
+            checked, conflicts, features = fj.job_frames(spark, raw, sources, AS_OF, cache)
             outputs = {
                 "features": fj.to_features_output(features),
                 "counts": fj.feature_counts_frame(features),

@@ -457,17 +457,17 @@ def run(spark: SparkSession, args: FeatureJobArgs) -> dict[str, Any]:
 WHOLE_SHARE_LIMIT = 1 / 3
 
 
-def checked_rows(
+def job_frames(
     spark: SparkSession,
     raw: DataFrame,
     sources: Sequence[SourceFile],
     as_of: dt.date | None,
     cache: Callable[[DataFrame], DataFrame],
 ) -> tuple[DataFrame, DataFrame, DataFrame]:
-    """The checked rows (`validate`'s: the rows compared whole, with `reason`), the accepted rows (what
-    `add_features` reads) and the conflicting loan_ids, by the job's route (see `key_rows`) or, when most
-    rows would be compared whole anyway, by the plain one (`distinct_parsed`). `cache` persists a frame
-    several steps read."""
+    """What `run` writes its outputs from: the checked rows (`validate`'s: the rows compared whole, with
+    `reason`; the quarantine's), the conflicting loan_ids and the features (`add_features` of the accepted
+    rows, cached), by the job's route (see `key_rows`) or, when most rows would be compared whole anyway, by
+    the plain one (`distinct_parsed`). `cache` persists a frame several steps read."""
     step = time.perf_counter()
     # Small, and read by the keyed rows' plan: cached, the pass over the loan_ids runs once.
     read_twice = cache(loan_ids_read_twice(read_files(spark, sources, only="loan_id")))
@@ -482,27 +482,16 @@ def checked_rows(
         parsed = cache(distinct_parsed(raw))
         conflicts = cache(conflicting_loan_ids(parsed))
         checked = validate(parsed, as_of, conflicts)
-        return checked, checked.where(F.col(REASON).isNull()), conflicts
-    # Cached: both outputs and the conflict check read the keyed rows (and filters on the cache are not
-    # pushed below its shuffle, where they would read the CSV once per filter).
-    keyed = cache(key_rows(raw, read_twice, as_of))
-    # Cached: the conflict check and both outputs read them (few, unless many loan_ids are read twice).
-    whole = cache(whole_rows(keyed))
-    conflicts = cache(conflicting_loan_ids(whole))
-    checked = validate(whole, as_of, conflicts)
-    return checked, accepted_rows(lone_rows(keyed), checked), conflicts
-
-
-def job_frames(
-    spark: SparkSession,
-    raw: DataFrame,
-    sources: Sequence[SourceFile],
-    as_of: dt.date | None,
-    cache: Callable[[DataFrame], DataFrame],
-) -> tuple[DataFrame, DataFrame, DataFrame]:
-    """What `run` writes its outputs from: the checked rows (the quarantine's), the conflicting loan_ids and
-    the features (`add_features` of the accepted rows, cached)."""
-    checked, accepted, conflicts = checked_rows(spark, raw, sources, as_of, cache)
+        accepted = checked.where(F.col(REASON).isNull())
+    else:
+        # Cached: both outputs and the conflict check read the keyed rows (and filters on the cache are not
+        # pushed below its shuffle, where they would read the CSV once per filter).
+        keyed = cache(key_rows(raw, read_twice, as_of))
+        # Cached: the conflict check and both outputs read them (few, unless many loan_ids are read twice).
+        whole = cache(whole_rows(keyed))
+        conflicts = cache(conflicting_loan_ids(whole))
+        checked = validate(whole, as_of, conflicts)
+        accepted = accepted_rows(lone_rows(keyed), checked)
     # Cached as the features are written: the clients' history is their last rows, not a second window.
     return checked, conflicts, cache(add_features(accepted))
 

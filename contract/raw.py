@@ -38,10 +38,14 @@ DECIMAL_NUMBER = r"^[+-]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][+-]?[0-9]+)?$"
 # A date is `yyyy-MM-dd` and a real calendar day in years 0001 .. 9999.
 ISO_DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 
+# Compiled once: the service parses a client id and dates on every request (a pattern's text looked up in
+# `re`'s cache costs about as much as the match).
+_WHOLE_NUMBER, _DECIMAL_NUMBER, _ISO_DATE = (re.compile(p, re.ASCII) for p in (WHOLE_NUMBER, DECIMAL_NUMBER, ISO_DATE))
+
 
 def parse_whole_number(text: str | None) -> int | None:
     """The Python form of a whole number in 1 .. MAX_ID (plain ASCII digits), else None."""
-    if text is None or not re.fullmatch(WHOLE_NUMBER, text, re.ASCII):
+    if text is None or not _WHOLE_NUMBER.fullmatch(text):
         return None
     significant = text.lstrip("0")
     if len(significant) > len(str(MAX_ID)):  # also keeps int() away from huge strings
@@ -52,7 +56,7 @@ def parse_whole_number(text: str | None) -> int | None:
 
 def parse_decimal(text: str | None) -> float | None:
     """The Python form of a finite decimal number (optionally with an exponent), else None."""
-    if text is None or not re.fullmatch(DECIMAL_NUMBER, text, re.ASCII):
+    if text is None or not _DECIMAL_NUMBER.fullmatch(text):
         return None
     value = float(text)
     return value if math.isfinite(value) else None
@@ -60,7 +64,7 @@ def parse_decimal(text: str | None) -> float | None:
 
 def parse_date(text: str | None) -> dt.date | None:
     """The Python form of a real calendar date written `yyyy-MM-dd` (years 0001 .. 9999), else None."""
-    if text is None or not re.fullmatch(ISO_DATE, text, re.ASCII):
+    if text is None or not _ISO_DATE.fullmatch(text):
         return None
     try:
         return dt.date(int(text[:4]), int(text[5:7]), int(text[8:]))

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import flask_swagger_ui
 import orjson
 import redis
-from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, send_from_directory
+from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_from_directory
 from flask.json.provider import DefaultJSONProvider
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
@@ -36,6 +36,7 @@ from serving import embedded, metrics, schemas
 from serving.breaker import UNREACHABLE, CircuitBreaker, RateLimitedLog
 from serving.coalesce import BatchedScores, gevent_patched
 from serving.scoring import (
+    HISTORY_FIELDS,
     Application,
     ApplicationRefused,
     ModelCache,
@@ -71,6 +72,37 @@ class AnswerJSON(DefaultJSONProvider):
 
 class ServiceApp(Flask):
     json_provider_class = AnswerJSON
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sync: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+    def full_dispatch_request(self) -> Response:
+        """The answer, counted in the metrics by method, route template (never a raw path), status and time.
+
+        Counted here rather than in before/after-request hooks: two hooks a request cost more than the
+        metrics themselves (each hook call goes through `ensure_sync`, and the start time through `g`)."""
+        started = time.perf_counter()
+        try:
+            response = super().full_dispatch_request()
+        except BaseException:  # not answered by an error handler: Flask answers 500
+            self._observe(500, started)
+            raise
+        self._observe(response.status_code, started)
+        return response
+
+    @staticmethod
+    def _observe(status: int, started: float) -> None:
+        rule = request.url_rule
+        metrics.observe(request.method, rule.rule if rule else "unmatched", status, time.perf_counter() - started)
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        """`func` as Flask runs it, looked up once per function rather than on every request (Flask checks
+        whether each view is a coroutine function on every call)."""
+        sync = self._sync.get(func)
+        if sync is None:
+            sync = self._sync[func] = super().ensure_sync(func)
+        return sync
 
     def make_default_options_response(self) -> Response:
         """OPTIONS answers in JSON too, with the path's methods in `Allow`."""
@@ -173,9 +205,14 @@ def store() -> StoreHolder:
     return holder
 
 
-def read_client(raw_id: str) -> tuple[int, str, dict[str, Any]]:
+# The fields each answer reads (one HMGET), besides the features and `loan_date`.
+RISK_FIELDS = ("score", "label", "model_version")
+
+
+def read_client(raw_id: str, extra: tuple[str, ...] = ()) -> tuple[int, str, dict[str, Any]]:
     client_id = parse_client_id(raw_id)
-    version, record = store().run(lambda s: s.read(client_id))
+    fields = current_app.config["FEATURE_NAMES"] + extra
+    version, record = store().run(lambda s: s.read(client_id, fields))
     if record is None:
         raise ApiError(404, "unknown_client", f"client {client_id} is not in the published version {version}")
     return client_id, version, record
@@ -193,7 +230,7 @@ def features(raw_id: str) -> Response:
 @api.get("/credit_risk/client_id=<raw_id>")
 @api.get("/v1/clients/<raw_id>/credit-risk")
 def credit_risk(raw_id: str) -> Response:
-    return jsonify(risk_answer(*read_client(raw_id)))
+    return jsonify(risk_answer(*read_client(raw_id, RISK_FIELDS)))
 
 
 def json_body(expected: str) -> Any:
@@ -225,7 +262,8 @@ def validated(model: type[M], body: Any, expected: str, batch: str | None = None
 def credit_risk_batch() -> Response:
     body = json_body('{"client_ids": [1, 2, ...]}')
     ids = validated(schemas.BatchRequest, body, '{"client_ids": [1, 2, ...]}', batch="client_ids").client_ids
-    version, records = store().run(lambda s: s.read_many(ids))
+    fields = current_app.config["FEATURE_NAMES"] + RISK_FIELDS
+    version, records = store().run(lambda s: s.read_many(ids, fields))
     results = [risk_answer(i, version, r) if r else {"client_id": i, "error": "not_found"}
                for i, r in zip(ids, records, strict=True)]  # fmt: skip
     return jsonify({"version": version, "results": results})
@@ -238,7 +276,7 @@ APPLICATION = '{"client_id": 1, "application_date": "2021-01-15"} (and birthday,
 def application_credit_risk() -> Response:
     application = validated(schemas.ApplicationRequest, json_body(APPLICATION), APPLICATION)
     holder = store()
-    version, record = holder.run(lambda s: s.read(application.client_id))
+    version, record = holder.run(lambda s: s.read(application.client_id, HISTORY_FIELDS))
     prepared = prepare(version, application.client_id, record, application, utc_today)
     model = holder.run(lambda s: holder.models.get(s, version))
     return jsonify(answers(model, [prepared], holder.scorer)[0])
@@ -250,7 +288,7 @@ def application_credit_risk_batch() -> Response:
     batch = validated(schemas.ApplicationBatchRequest, json_body(expected), expected, batch="applications")
     holder = store()
     ids = [a.client_id for a in batch.applications]
-    version, records = holder.run(lambda s: s.read_many(ids))  # one pipelined round trip
+    version, records = holder.run(lambda s: s.read_many(ids, HISTORY_FIELDS))  # one pipelined round trip
     model = holder.run(lambda s: holder.models.get(s, version))
     prepared: list[Application | ApplicationRefused] = []
     for application, record in zip(batch.applications, records, strict=True):
@@ -363,18 +401,6 @@ def register_errors(app: Flask) -> None:
         return _error(500, "internal_error", "unexpected error; it was logged")
 
 
-def register_metrics(app: Flask) -> None:
-    @app.before_request
-    def start_timer() -> None:
-        g.started = time.perf_counter()
-
-    @app.after_request
-    def record(response: Response) -> Response:
-        endpoint = request.url_rule.rule if request.url_rule else "unmatched"  # a route template, never a raw path
-        metrics.observe(request.method, endpoint, response.status_code, time.perf_counter() - g.get("started", 0))
-        return response
-
-
 def default_config() -> dict[str, Any]:
     """The settings file and environment (REDIS_URL overrides), as Flask config keys."""
     settings = load_settings()
@@ -406,7 +432,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     if app.config["MODEL_PRELOAD_SECONDS"] > 0:
         holder.preload(app.config["MODEL_PRELOAD_SECONDS"])
     register_errors(app)
-    register_metrics(app)
     app.register_blueprint(api)
     app.register_blueprint(ops)
     where = redacted(app.config["REDIS_URL"]) if app.config["REDIS_URL"] else "the embedded Redis (user service)"

@@ -1,6 +1,6 @@
 """Concurrent reads in a gevent worker sent to Redis as one pipeline, and concurrent scorings run as one.
 
-Under gunicorn's gevent workers every request is a greenlet, and a request's HGETALL alone costs a
+Under gunicorn's gevent workers every request is a greenlet, and a request's HMGET alone costs a
 send, a readiness check and a receive on its socket: on a busy worker those system calls, not Redis,
 are most of a request's time. And a burst of requests each holding a connection of its own would
 exhaust any pool. Here the greenlets that read while a batch is being gathered share one round trip
@@ -100,7 +100,7 @@ def _hand_out(entries: list[Entry], answers: list[Any]) -> None:
 
 
 class BatchedReads(Gathering):
-    """Read commands on single keys (`GET`, `HGETALL`) of a redis-py client, batched across greenlets
+    """Read commands on single keys (`GET`, `HGETALL`, `HMGET`) of a redis-py client, batched across greenlets
     (see the module). A request reading several keys (a batch endpoint) joins with all of them."""
 
     def __init__(self, client: Any, batch_limit: int = 1024) -> None:
@@ -124,9 +124,12 @@ class BatchedReads(Gathering):
     def hgetall(self, key: str) -> Any:
         return self.many("HGETALL", [key])[0]
 
-    def many(self, command: str, keys: Sequence[str]) -> list[Any]:
-        """`command` on each key, in order; an error answering any of them is raised."""
-        return self._join(command, keys)
+    def hmget(self, key: str, fields: Sequence[str]) -> Any:
+        return self.many("HMGET", [key], fields)[0]
+
+    def many(self, command: str, keys: Sequence[str], args: Sequence[str] = ()) -> list[Any]:
+        """`command key *args` for each key, in order; an error answering any of them is raised."""
+        return self._join((command, *args), keys)
 
     def _run(self, pending: list[Entry]) -> None:
         for batch in _batches(pending, self._batch_limit):
@@ -134,7 +137,7 @@ class BatchedReads(Gathering):
 
     def _send(self, batch: list[Entry]) -> None:
         self.batches += 1
-        commands = [(command, key) for command, keys, _ in batch for key in keys]
+        commands = [(command[0], key, *command[1:]) for command, keys, _ in batch for key in keys]
         self.reads += len(commands)
         try:
             answers = self._round_trip(commands) if self._pool is not None else self._pipelined(commands)
@@ -142,7 +145,7 @@ class BatchedReads(Gathering):
             answers = [exc] * len(commands)
         _hand_out(batch, answers)
 
-    def _round_trip(self, commands: list[tuple[str, str]]) -> list[Any]:
+    def _round_trip(self, commands: list[tuple[str, ...]]) -> list[Any]:
         """The answers (an error reply as its exception) on a kept connection of the pool."""
         kept = bool(self._kept)
         connection = self._kept.pop() if kept else self._pool.get_connection()
@@ -164,25 +167,25 @@ class BatchedReads(Gathering):
             self._pool.release(connection)
         return answers
 
-    def _pipelined(self, commands: list[tuple[str, str]]) -> list[Any]:
+    def _pipelined(self, commands: list[tuple[str, ...]]) -> list[Any]:
         pipe = self._client.pipeline(transaction=False)
-        for command, key in commands:
-            pipe.execute_command(command, key)
+        for command in commands:
+            pipe.execute_command(*command)
         answers: list[Any] = pipe.execute(raise_on_error=False)
         return answers
 
 
-def _exchange(connection: Any, commands: list[tuple[str, str]]) -> list[Any]:
+def _exchange(connection: Any, commands: list[tuple[str, ...]]) -> list[Any]:
     """The commands written at once on the connection, then their answers read in order; an error reply is
     its exception in the list. A `HGETALL` answer is a dict, as the client gives it."""
     connection.send_packed_command(connection.pack_commands(commands), check_health=False)
     answers: list[Any] = []
-    for command, _ in commands:
+    for command in commands:
         try:
             answer = connection.read_response()
         except redis.ResponseError as error:
             answer = error
-        if command == "HGETALL" and isinstance(answer, list):  # RESP2 gives field, value, ...; RESP3 a map
+        if command[0] == "HGETALL" and isinstance(answer, list):  # RESP2 gives field, value, ...; RESP3 a map
             fields = iter(answer)
             answer = dict(zip(fields, fields, strict=True))
         answers.append(answer)

@@ -77,6 +77,10 @@ def load(store: OnlineStore, version: str) -> VersionModel:
     return VersionModel(version, PortableModel(onnx, features), float(meta["threshold"]), meta["model_version"])
 
 
+# The fields of a client's record that its history is made of (besides `loan_date`, always read).
+HISTORY_FIELDS = ("loans", "amount_sum", "birthday", "job_start_date", "flag_own_car")
+
+
 def history_of(version: str, client_id: int, record: dict[str, Any] | None, request: Any) -> History:
     """The client's history in the version with the request's attributes winning; a first-time applicant
     when there is none but the request gives attributes; refused when there is neither."""

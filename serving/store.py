@@ -30,6 +30,7 @@ import base64
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import itertools
 import logging
 import os
@@ -122,6 +123,9 @@ class Codec:
         self.types = dict(types)
         self.int_fields = frozenset(name for name, kind in self.types.items() if kind is int)
         self.float_fields = frozenset(name for name, kind in self.types.items() if kind is float)
+        self._parsers: dict[str, Callable[[str], Any]] = {
+            name: kind if kind in (int, float) else str for name, kind in self.types.items()
+        }
 
     @classmethod
     def for_features(cls, features: Sequence[Feature] = FEATURES) -> Codec:
@@ -155,6 +159,11 @@ class Codec:
             else:
                 record[name] = text
         return record
+
+    def decode_values(self, names: Sequence[str], values: Sequence[str | None]) -> dict[str, Any]:
+        """The values of named fields (an HMGET's answer) as typed values; absent fields are left out."""
+        parse = self._parsers
+        return {name: parse.get(name, str)(text) for name, text in zip(names, values, strict=True) if text is not None}
 
     def encode_columns(self, frame: pd.DataFrame, names: Sequence[str]) -> Iterator[tuple[int, list[str]]]:
         """(client id `frame.id`, [field, text, field, text, ...]) per row, for the bulk writer.
@@ -314,35 +323,51 @@ class OnlineStore:
             raise NotPublished(f"no version published: {self.active_key} is not set")
         return version
 
-    def read(self, client_id: int) -> tuple[str, dict[str, Any] | None]:
-        """The active version and the client's record in it (None when unknown): one HGETALL."""
+    def read(self, client_id: int, fields: Sequence[str] | None = None) -> tuple[str, dict[str, Any] | None]:
+        """The active version and the client's record in it (None when unknown): one HGETALL, or one HMGET
+        of `fields` (see `read_version`)."""
         version = self._version()
-        return version, self.read_version(version, client_id)
+        return version, self.read_version(version, client_id, fields)
 
-    def read_version(self, version: str, client_id: int) -> dict[str, Any] | None:
-        """The client's record in a given version (None when unknown): one HGETALL."""
+    def read_version(self, version: str, client_id: int, fields: Sequence[str] | None = None
+                     ) -> dict[str, Any] | None:  # fmt: skip
+        """The client's record in a given version (None when unknown): all its fields (one HGETALL), or only
+        `fields` and `loan_date` (one HMGET: fewer values to send, parse and decode on a request's path). A
+        record always holds `loan_date`, so a client whose `loan_date` is absent is an unknown one."""
         key = self.client_key(version, client_id)
-        fields = cast(dict[str, str], (self._reads or self._client).hgetall(key))
-        return self.codec.decode(fields) if fields else None
+        reader = self._reads or self._client
+        if fields is None:
+            found = cast(dict[str, str], reader.hgetall(key))
+            return self.codec.decode(found) if found else None
+        names = with_loan_date(fields)
+        values = cast(list[str | None], reader.hmget(key, names))
+        return self.codec.decode_values(names, values) if values[0] is not None else None
 
-    def read_many(self, client_ids: Sequence[int]) -> tuple[str, list[dict[str, Any] | None]]:
-        """The records of many clients from one version, in one pipelined round trip."""
+    def read_many(self, client_ids: Sequence[int], fields: Sequence[str] | None = None
+                  ) -> tuple[str, list[dict[str, Any] | None]]:  # fmt: skip
+        """The records of many clients from one version, in one pipelined round trip (`fields`: as `read`)."""
         version = self._version()
-        return version, self.read_version_many(version, client_ids)
+        return version, self.read_version_many(version, client_ids, fields)
 
-    def read_version_many(self, version: str, client_ids: Sequence[int]) -> list[dict[str, Any] | None]:
-        """The records of many clients in a given version, in one pipelined round trip."""
+    def read_version_many(self, version: str, client_ids: Sequence[int], fields: Sequence[str] | None = None
+                          ) -> list[dict[str, Any] | None]:  # fmt: skip
+        """The records of many clients in a given version, in one pipelined round trip (`fields`: as
+        `read_version`)."""
         keys = [self.client_key(version, client_id) for client_id in client_ids]
         if not keys:
             return []
+        names = with_loan_date(fields) if fields is not None else ()
+        command = "HMGET" if fields is not None else "HGETALL"
         if self._reads:
-            answers = self._reads.many("HGETALL", keys)
+            answers = self._reads.many(command, keys, names)
         else:
             pipe = self._client.pipeline(transaction=False)
             for key in keys:
-                pipe.hgetall(key)
+                pipe.execute_command(command, key, *names)
             answers = _execute(pipe)
-        return [self.codec.decode(fields) if fields else None for fields in answers]
+        if fields is None:
+            return [self.codec.decode(found) if found else None for found in answers]
+        return [self.codec.decode_values(names, values) if values[0] is not None else None for values in answers]
 
     def loading_versions(self) -> list[str]:
         """The versions a load is writing now (status loading, lease held), oldest first."""
@@ -573,6 +598,12 @@ class OnlineStore:
     def _keys(self, version: str, pattern: str) -> Iterator[str]:
         keys = self._client.scan_iter(match=self.namespace(version) + pattern, count=SCAN_COUNT)
         yield from cast(Iterator[str], keys)
+
+
+@functools.lru_cache(maxsize=64)
+def with_loan_date(fields: Sequence[str]) -> tuple[str, ...]:
+    """`loan_date` first (it tells a known client from an unknown one), then the other fields asked for."""
+    return ("loan_date", *(name for name in fields if name != "loan_date"))
 
 
 def _execute(pipe: Any) -> list[Any]:

@@ -85,6 +85,23 @@ def test_store_reads_one_whole_published_version(store: OnlineStore, store_url: 
     assert "published_at" in meta
 
 
+def test_store_reads_named_fields_with_loan_date_telling_a_known_client(store: OnlineStore) -> None:
+    """A read of named fields (one HMGET) gives those fields, typed, with `loan_date` always; an absent field is
+    left out as a whole read leaves it out; a hash without `loan_date` is no client's record."""
+    load(store, "v1", {1: {"nb_previous_loans": 2, "age": None, "score": 0.25, "loan_date": "2020-01-01"},
+                       2: {"nb_previous_loans": 5, "score": 0.5}})  # fmt: skip
+    store.publish("v1")
+    fields = ("nb_previous_loans", "age", "score")
+    assert store.read(1, fields) == ("v1", {"loan_date": "2020-01-01", "nb_previous_loans": 2, "score": 0.25})
+    assert store.read(1, ("loan_date", "score")) == ("v1", {"loan_date": "2020-01-01", "score": 0.25})
+    assert store.read(2, fields) == ("v1", None) and store.read(3, fields) == ("v1", None)
+    assert store.read(2) == ("v1", {"nb_previous_loans": 5, "score": 0.5})  # the whole hash is still readable
+    version, many = store.read_many([3, 1, 2, 1], ("score",))
+    assert version == "v1" and many == [None, {"loan_date": "2020-01-01", "score": 0.25}, None,
+                                        {"loan_date": "2020-01-01", "score": 0.25}]  # fmt: skip
+    assert store.read_many([], fields) == ("v1", [])
+
+
 def test_store_refuses_to_publish_an_empty_miscounted_or_incomplete_load(store: OnlineStore) -> None:
     load(store, "v1", {1: {"age": 30}})
     store.publish("v1")
@@ -354,21 +371,22 @@ store = OnlineStore.from_url(url, 0.5, 2.0, prefix=prefix, coalesce=True)
 
 
 def read(client_id):
-    try:
-        return store.read(client_id)
+    try:  # even clients: named fields (HMGET), odd ones: whole hashes (HGETALL), in the same round trips
+        return store.read(client_id, ("nb_previous_loans",) if client_id % 2 == 0 else None)
     except Exception as exc:
         return type(exc).__name__
 
 
-def read_many(client_ids):
+def read_many(client_ids, fields=None):
     try:
-        return store.read_many(client_ids)
+        return store.read_many(client_ids, fields)
     except Exception as exc:
         return type(exc).__name__
 
 
 greenlets = [gevent.spawn(read, i) for i in range(1, count + 1)]
 batches = [gevent.spawn(read_many, ids) for ids in ([1, 2, 999], [6, 7, 8], [])]
+batches.append(gevent.spawn(read_many, [3, 999, 4], ("nb_previous_loans",)))
 gevent.joinall(greenlets + batches)
 print(json.dumps({"answers": [g.value for g in greenlets], "many": [g.value for g in batches],
                   "batches": store.coalescing.batches, "reads": store.coalescing.reads}))
@@ -381,22 +399,24 @@ def test_store_concurrent_reads_under_gevent_share_round_trips_each_with_its_own
     records = {i: {"nb_previous_loans": i, "loan_date": f"2020-01-{i % 28 + 1:02d}"} for i in range(1, 120)}
     load(store, "v1", records)
     store.publish("v1")
-    # One client's key holds a string: that read alone fails (WRONGTYPE), the others are answered.
+    # Two clients' keys hold a string: those reads alone fail (WRONGTYPE), the others are answered.
     connect(store_url, 0.5, 1.0).set(store.client_key("v1", 7), "not a hash")
+    connect(store_url, 0.5, 1.0).set(store.client_key("v1", 8), "not a hash")
     script = tmp_path / "reads.py"
     script.write_text(GEVENT_READS)
     run = subprocess.run([str(BIN / "python"), str(script), store_url, store.prefix, "150"], cwd=ROOT,
                          env=clean_env(), capture_output=True, text=True, timeout=60)  # fmt: skip
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)
-    expected = ["ResponseError" if i == 7 else ["v1", records.get(i)] for i in range(1, 151)]
+    expected = ["ResponseError" if i in (7, 8) else ["v1", records.get(i)] for i in range(1, 151)]
     assert result["answers"] == expected
     # A request reading several clients gets its own answers in order, or its own error.
-    assert result["many"] == [["v1", [records[1], records[2], None]], "ResponseError", ["v1", []]]
-    # Each greenlet reads the active version (nothing cached yet), then its clients: 153 + 150 + 6 reads,
+    assert result["many"] == [["v1", [records[1], records[2], None]], "ResponseError", ["v1", []],
+                              ["v1", [records[3], None, records[4]]]]  # fmt: skip
+    # Each greenlet reads the active version (nothing cached yet), then its clients: 154 + 150 + 9 reads,
     # sharing a handful of pipelines rather than 306 round trips (and as many connections: beyond
     # redis-py's pool of 100).
-    assert result["reads"] == 153 + 150 + 6
+    assert result["reads"] == 154 + 150 + 9
     assert 2 <= result["batches"] <= 10
 
 

@@ -339,7 +339,7 @@ class OnlineStore:
         if fields is None:
             found = cast(dict[str, str], reader.hgetall(key))
             return self.codec.decode(found) if found else None
-        names = with_loan_date(fields)
+        names = with_loan_date(tuple(fields))
         values = cast(list[str | None], reader.hmget(key, names))
         return self.codec.decode_values(names, values) if values[0] is not None else None
 
@@ -356,7 +356,7 @@ class OnlineStore:
         keys = [self.client_key(version, client_id) for client_id in client_ids]
         if not keys:
             return []
-        names = with_loan_date(fields) if fields is not None else ()
+        names = with_loan_date(tuple(fields)) if fields is not None else ()
         command = "HMGET" if fields is not None else "HGETALL"
         if self._reads:
             answers = self._reads.many(command, keys, names)
@@ -601,7 +601,7 @@ class OnlineStore:
 
 
 @functools.lru_cache(maxsize=64)
-def with_loan_date(fields: Sequence[str]) -> tuple[str, ...]:
+def with_loan_date(fields: tuple[str, ...]) -> tuple[str, ...]:
     """`loan_date` first (it tells a known client from an unknown one), then the other fields asked for."""
     return ("loan_date", *(name for name in fields if name != "loan_date"))
 

@@ -93,7 +93,7 @@ def test_store_reads_named_fields_with_loan_date_telling_a_known_client(store: O
     store.publish("v1")
     fields = ("nb_previous_loans", "age", "score")
     assert store.read(1, fields) == ("v1", {"loan_date": "2020-01-01", "nb_previous_loans": 2, "score": 0.25})
-    assert store.read(1, ("loan_date", "score")) == ("v1", {"loan_date": "2020-01-01", "score": 0.25})
+    assert store.read(1, ["loan_date", "score"]) == ("v1", {"loan_date": "2020-01-01", "score": 0.25})
     assert store.read(2, fields) == ("v1", None) and store.read(3, fields) == ("v1", None)
     assert store.read(2) == ("v1", {"nb_previous_loans": 5, "score": 0.5})  # the whole hash is still readable
     version, many = store.read_many([3, 1, 2, 1], ("score",))

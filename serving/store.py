@@ -123,6 +123,7 @@ class Codec:
         self.types = dict(types)
         self.int_fields = frozenset(name for name, kind in self.types.items() if kind is int)
         self.float_fields = frozenset(name for name, kind in self.types.items() if kind is float)
+        # How a field's text is read back: whole numbers and decimals typed, anything else (dates) kept as text.
         self._parsers: dict[str, Callable[[str], Any]] = {
             name: kind if kind in (int, float) else str for name, kind in self.types.items()
         }
@@ -150,18 +151,11 @@ class Codec:
 
     def decode(self, fields: Mapping[str, str]) -> dict[str, Any]:
         """Hash fields back to typed values; unknown fields stay text."""
-        record: dict[str, Any] = {}
-        for name, text in fields.items():
-            if name in self.int_fields:
-                record[name] = int(text)
-            elif name in self.float_fields:
-                record[name] = float(text)
-            else:
-                record[name] = text
-        return record
+        parse = self._parsers
+        return {name: parse.get(name, str)(text) for name, text in fields.items()}
 
     def decode_values(self, names: Sequence[str], values: Sequence[str | None]) -> dict[str, Any]:
-        """The values of named fields (an HMGET's answer) as typed values; absent fields are left out."""
+        """The values of named fields (an HMGET's answer) as `decode` types them; absent fields are left out."""
         parse = self._parsers
         return {name: parse.get(name, str)(text) for name, text in zip(names, values, strict=True) if text is not None}
 

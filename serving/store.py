@@ -329,13 +329,9 @@ class OnlineStore:
         `fields` and `loan_date` (one HMGET: fewer values to send, parse and decode on a request's path). A
         record always holds `loan_date`, so a client whose `loan_date` is absent is an unknown one."""
         key = self.client_key(version, client_id)
+        names = _read_names(fields)
         reader = self._reads or self._client
-        if fields is None:
-            found = cast(dict[str, str], reader.hgetall(key))
-            return self.codec.decode(found) if found else None
-        names = with_loan_date(tuple(fields))
-        values = cast(list[str | None], reader.hmget(key, names))
-        return self.codec.decode_values(names, values) if values[0] is not None else None
+        return self._record(names, reader.hmget(key, names) if names else reader.hgetall(key))
 
     def read_many(self, client_ids: Sequence[int], fields: Sequence[str] | None = None
                   ) -> tuple[str, list[dict[str, Any] | None]]:  # fmt: skip
@@ -350,8 +346,8 @@ class OnlineStore:
         keys = [self.client_key(version, client_id) for client_id in client_ids]
         if not keys:
             return []
-        names = with_loan_date(tuple(fields)) if fields is not None else ()
-        command = "HMGET" if fields is not None else "HGETALL"
+        names = _read_names(fields)
+        command = "HMGET" if names else "HGETALL"
         if self._reads:
             answers = self._reads.many(command, keys, names)
         else:
@@ -359,9 +355,14 @@ class OnlineStore:
             for key in keys:
                 pipe.execute_command(command, key, *names)
             answers = _execute(pipe)
-        if fields is None:
-            return [self.codec.decode(found) if found else None for found in answers]
-        return [self.codec.decode_values(names, values) if values[0] is not None else None for values in answers]
+        return [self._record(names, answer) for answer in answers]
+
+    def _record(self, names: tuple[str, ...], answer: Any) -> dict[str, Any] | None:
+        """A client's record from a read's answer: an HMGET's values of `names`, or (no names) an HGETALL's
+        fields; None for an unknown client (no `loan_date`, or no hash at all)."""
+        if names:
+            return self.codec.decode_values(names, answer) if answer[0] is not None else None
+        return self.codec.decode(answer) if answer else None
 
     def loading_versions(self) -> list[str]:
         """The versions a load is writing now (status loading, lease held), oldest first."""
@@ -594,9 +595,14 @@ class OnlineStore:
         yield from cast(Iterator[str], keys)
 
 
+def _read_names(fields: Sequence[str] | None) -> tuple[str, ...]:
+    """The fields a read asks for: none for a whole hash, else `loan_date` first (it tells a known client from
+    an unknown one), then the other fields asked for."""
+    return () if fields is None else _with_loan_date(tuple(fields))
+
+
 @functools.lru_cache(maxsize=64)
-def with_loan_date(fields: tuple[str, ...]) -> tuple[str, ...]:
-    """`loan_date` first (it tells a known client from an unknown one), then the other fields asked for."""
+def _with_loan_date(fields: tuple[str, ...]) -> tuple[str, ...]:
     return ("loan_date", *(name for name in fields if name != "loan_date"))
 
 

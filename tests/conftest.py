@@ -26,7 +26,7 @@ from model import registry
 from model import train as tr
 from model.data import Dataset, load_features
 from spark_jobs import features as fj
-from spark_jobs.session import build_session
+from spark_jobs.session import STARTUP_SETTINGS, build_session
 from tests import reference
 from tests.redis_servers import RedisClusterServers, RedisServer
 from tests.spark_cluster import SparkCluster
@@ -45,8 +45,11 @@ AS_OF = dt.date(2020, 12, 31)
 @pytest.fixture(scope="session")
 def spark() -> Iterator[SparkSession]:
     """A real local Spark: two cores, two shuffle partitions, no UI; stopped at the end."""
+    builder = SparkSession.builder
+    for key, value in STARTUP_SETTINGS.items():  # the jobs' settings that only a starting session takes
+        builder = builder.config(key, value)
     (
-        SparkSession.builder.master("local[2]")
+        builder.master("local[2]")
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.driver.memory", "2g")

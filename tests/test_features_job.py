@@ -488,6 +488,33 @@ def test_job_generated_code_stays_small_enough_to_be_compiled(
             for name, stages in sizes.items()} == {name: [] for name in sizes}  # fmt: skip
 
 
+def test_job_session_builds_column_expressions_in_one_call_to_the_jvm_each(
+    spark: SparkSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The jobs' session records no Python call site per expression (`spark_jobs.session`): a column function
+    costs the driver the JVM call that makes it, not the calls around it that look the session up and set
+    and clear the call site."""
+    from py4j.clientserver import ClientServerConnection
+    from py4j.java_gateway import GatewayConnection
+
+    assert spark.conf.get("spark.python.sql.dataFrameDebugging.enabled") == "false"
+    assert spark.conf.get("spark.sql.dataFrameQueryContext.enabled") == "false"
+    methods: list[str] = []
+    for connection in (ClientServerConnection, GatewayConnection):
+
+        def counted(self: object, command: str, send: Callable[..., str] = connection.send_command) -> str:
+            kind, _, method, *_ = [*command.split("\n"), "", "", ""]
+            if kind == "c":  # a method called on a JVM object (its name on the third line)
+                methods.append(method)
+            return send(self, command)
+
+        monkeypatch.setattr(connection, "send_command", counted)
+    expression = F.nullif(F.btrim(F.col("id"), F.lit(" ")), F.lit(""))
+    monkeypatch.undo()
+    assert Counter(methods) == {"col": 1, "lit": 2, "btrim": 1, "nullif": 1}
+    assert "nullif(btrim(id" in str(expression)
+
+
 # Rows whose route through the job depends on their loan_id: read more than once or not, the same number
 # written two ways, a field that only looks like a loan_id, rows rejected on their own.
 ROUTE_LINES = [

@@ -77,9 +77,12 @@ class PortableModel:
         """One score per row of feature values (None: a null feature); none for no row."""
         if not rows:
             return []
-        inputs = {
-            name: np.array([[np.nan if row.get(name) is None else row[name]] for row in rows], dtype=np.float32)
-            for name in self.features
-        }
-        probabilities = self._session.run([PROBABILITIES], inputs)[0]
-        return [float(p) for p in probabilities[:, 1]]
+        # One array for every input (a row per feature), each input a view of its row as a column.
+        nan = np.nan
+        matrix = np.array(
+            [[nan if (value := row.get(name)) is None else value for row in rows] for name in self.features],
+            dtype=np.float32,
+        )
+        inputs = {name: matrix[i].reshape(-1, 1) for i, name in enumerate(self.features)}
+        scores: list[float] = self._session.run([PROBABILITIES], inputs)[0][:, 1].tolist()
+        return scores

@@ -17,19 +17,18 @@ log = logging.getLogger(__name__)
 
 # Set when the session starts (static: a session already running keeps its own). No Python call site is
 # recorded in each column expression (the "DataFrame query context" of an error message): PySpark records it
-# with about ten calls to the JVM around each function call (look the session up, set the call site, clear
+# around most column functions with about ten calls to the JVM (look the session up, set the call site, clear
 # it), where the function itself takes one. Building the feature job's plans took about 8,000 calls to the
 # JVM with it, 3,000 without.
-STARTUP_SETTINGS = {"spark.python.sql.dataFrameDebugging.enabled": "false"}
+STARTUP_SETTINGS: dict[str, bool | float | int | str | None] = {"spark.python.sql.dataFrameDebugging.enabled": "false"}
 
 
 def build_session(settings: SparkSettings, job: str) -> SparkSession:
     """Get (or create) the session for `job` with the SQL semantics the jobs are written for."""
-    builder = SparkSession.builder.appName(f"{settings.app_name}-{job}")
-    for key, value in STARTUP_SETTINGS.items():
-        builder = builder.config(key, value)
     spark = (
-        builder.config("spark.sql.shuffle.partitions", str(settings.shuffle_partitions))
+        SparkSession.builder.appName(f"{settings.app_name}-{job}")
+        .config(map=STARTUP_SETTINGS)
+        .config("spark.sql.shuffle.partitions", str(settings.shuffle_partitions))
         .config("spark.sql.session.timeZone", "UTC")
         # The jobs parse with the try_ functions, so they behave the same with or without ANSI mode.
         .config("spark.sql.ansi.enabled", "true")

@@ -45,11 +45,9 @@ AS_OF = dt.date(2020, 12, 31)
 @pytest.fixture(scope="session")
 def spark() -> Iterator[SparkSession]:
     """A real local Spark: two cores, two shuffle partitions, no UI; stopped at the end."""
-    builder = SparkSession.builder
-    for key, value in STARTUP_SETTINGS.items():  # the jobs' settings that only a starting session takes
-        builder = builder.config(key, value)
     (
-        builder.master("local[2]")
+        SparkSession.builder.master("local[2]")
+        .config(map=STARTUP_SETTINGS)  # the jobs' settings that only a starting session takes
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.driver.memory", "2g")

@@ -447,8 +447,8 @@ def test_store_kept_connection_survives_a_restart_and_never_gives_a_stale_answer
     redis_server: RedisServer, redis_url: str, tmp_path: Path
 ) -> None:
     """The batcher keeps its connection between round trips: a Redis restarted in between is reconnected
-    (no error), and a round trip cut short (a hung Redis, the request's timeout) drops the connection, so
-    its late answer never becomes the next request's answer."""
+    (no error), and a request that gives up on a hung Redis (its own timeout) leaves its round trip to
+    finish, so the late answer never becomes the next request's answer."""
     prefix = f"t{time.monotonic_ns()}"
     records = {i: {"nb_previous_loans": i, "loan_date": f"2020-01-{i:02d}"} for i in range(1, 6)}
 
@@ -487,7 +487,7 @@ def test_store_kept_connection_survives_a_restart_and_never_gives_a_stale_answer
         reader.wait(10)
 
 
-OVERLAPPING = """
+DURING_A_ROUND_TRIP = """
 from gevent import monkey
 
 monkey.patch_all()
@@ -499,41 +499,73 @@ import redis
 
 from serving.store import OnlineStore
 
-store = OnlineStore.from_url(sys.argv[1], 0.5, 5.0, prefix=sys.argv[2], coalesce=True)
-store.read(1)  # the version, then cached
-sleeper = gevent.spawn(redis.Redis.from_url(sys.argv[1]).execute_command, "DEBUG", "SLEEP", "0.5")
+url, prefix, socket_timeout, sleep = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
+store = OnlineStore.from_url(url, 0.5, socket_timeout, prefix=prefix, coalesce=True)
+store.read(1)  # the version, then cached: two round trips
+
+
+def read(client_id):
+    try:
+        return store.read(client_id)
+    except Exception as exc:
+        return type(exc).__name__
+
+
+sleeper = gevent.spawn(redis.Redis.from_url(url).execute_command, "DEBUG", "SLEEP", sleep)
 gevent.sleep(0.05)
 waves = []
-for wave in range(12):  # each wave its own round trip, sent while the ones before wait on the sleeping Redis
-    waves += [gevent.spawn(store.read, wave * 3 + i) for i in range(1, 4)]
+for wave in range(12):  # the first wave's round trip waits on the sleeping Redis; the others are added meanwhile
+    waves += [gevent.spawn(read, wave * 3 + i) for i in range(1, 4)]
     gevent.sleep(0.01)
 gevent.joinall([sleeper, *waves], raise_error=True)
 pool = store._client.connection_pool
 print(json.dumps({"answers": [g.value for g in waves], "created": len(pool._connections),
-                  "kept": store.coalescing.kept_connections, "free": sum(c is not None for c in pool.pool.queue)}))
+                  "kept": store.coalescing.kept_connections, "free": sum(c is not None for c in pool.pool.queue),
+                  "batches": store.coalescing.batches, "reads": store.coalescing.reads}))
 """
 
 
-def test_store_batcher_keeps_a_few_connections_and_returns_the_others_to_the_pool(
+def during_a_round_trip(url: str, prefix: str, socket_timeout: float, sleep: float, tmp_path: Path) -> dict:
+    """What `DURING_A_ROUND_TRIP` saw: reads made while Redis sleeps `sleep` seconds (DEBUG SLEEP)."""
+    script = tmp_path / "during.py"
+    script.write_text(DURING_A_ROUND_TRIP)
+    run = subprocess.run([str(BIN / "python"), str(script), url, prefix, str(socket_timeout), str(sleep)], cwd=ROOT,
+                         env=clean_env(), capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    result: dict = json.loads(run.stdout)
+    return result
+
+
+def test_store_batcher_sends_the_reads_made_during_a_round_trip_together_in_the_next(
     redis_url: str, tmp_path: Path
 ) -> None:
-    """Round trips that overlap (Redis slow to answer) each take a connection; afterwards the batcher keeps
-    four and gives the others back to the pool that the store's other commands use. (A single Redis: on a
+    """One round trip at a time (a group commit): while one waits on a slow Redis, the reads made meanwhile
+    gather, and go out together when it ends, on the one connection the batcher keeps. (A single Redis: on a
     cluster the batch goes through the cluster client's pipeline.)"""
     store = OnlineStore.from_url(redis_url, 0.5, 1.0, prefix=f"t{time.monotonic_ns()}")
     records = {i: {"nb_previous_loans": i, "loan_date": "2020-01-01"} for i in range(1, 40)}
     load(store, "v1", records)
     store.publish("v1")
-    script = tmp_path / "overlap.py"
-    script.write_text(OVERLAPPING)
-    run = subprocess.run([str(BIN / "python"), str(script), redis_url, store.prefix], cwd=ROOT, env=clean_env(),
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
-    assert run.returncode == 0, run.stderr
-    result = json.loads(run.stdout)
+    result = during_a_round_trip(redis_url, store.prefix, 5.0, 0.5, tmp_path)
     assert result["answers"] == [["v1", records[i]] for i in range(1, 37)]
-    assert result["created"] >= 10  # the waves' round trips overlapped, each on its own connection
-    assert result["kept"] == 4
-    assert result["free"] == result["created"] - 4  # the others are back in the pool
+    # The version and client 1; the first wave; the eleven waves added while it waited, in one round trip.
+    assert (result["batches"], result["reads"]) == (4, 2 + 36)
+    assert (result["created"], result["kept"], result["free"]) == (1, 1, 0)
+
+
+def test_store_batcher_fails_the_reads_made_during_a_round_trip_that_times_out_with_it(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A round trip that times out (a Redis that does not answer) fails the reads made while it waited at the
+    same moment, rather than sending them to wait as long again; its connection goes back to the pool."""
+    store = OnlineStore.from_url(redis_url, 0.5, 1.0, prefix=f"t{time.monotonic_ns()}")
+    records = {i: {"nb_previous_loans": i, "loan_date": "2020-01-01"} for i in range(1, 40)}
+    load(store, "v1", records)
+    store.publish("v1")
+    result = during_a_round_trip(redis_url, store.prefix, 0.6, 1.5, tmp_path)
+    assert result["answers"] == ["TimeoutError"] * 36
+    assert (result["batches"], result["reads"]) == (3, 2 + 3)  # the first wave's round trip only
+    assert (result["created"], result["kept"], result["free"]) == (1, 0, 1)
 
 
 def test_store_reads_go_straight_to_redis_outside_gevent(redis_url: str) -> None:

@@ -10,9 +10,9 @@ over with the keys added meanwhile. One round trip is in flight at a time, so th
 the more requests each one carries (a group commit), and no request waits for a later one: a lone
 request is sent at the runner's next turn. Measured side by side under gunicorn (5 rounds, same Redis
 and load), the runner took the features endpoint from 0.71 to 0.75 of the trivial endpoint's requests
-per second (worker CPU per request 664 -> 620 us), and the application endpoint from 0.57 to 0.61,
-where each request used to lead a round trip of its own after one turn of the loop, several of them
-overlapping.
+per second (worker CPU per request 664 -> 620 us), where each request used to lead a round trip of its
+own after one turn of the loop, several of them overlapping; the application endpoint moved by +6%, -7%
+and +12% in three such runs (no change this machine can tell).
 
 On a single Redis the round trip is written and read on a redis-py connection that the runner keeps
 between round trips (`pack_commands`, `send_packed_command`, `read_response`): the client's pipeline

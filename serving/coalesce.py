@@ -91,10 +91,8 @@ class Gathering:
                 self._run(pending)
                 pending = []
         except BaseException as exc:  # the greenlet killed (the worker stopping): no call is left waiting
-            for _, _, waiter in pending + self._pending:
-                if not waiter.ready():
-                    waiter.set_exception(RuntimeError(f"the batcher stopped: {type(exc).__name__}"))
-            self._pending = []
+            stopped, self._pending = pending + self._pending, []
+            _fail(stopped, RuntimeError(f"the batcher stopped: {type(exc).__name__}"))
             raise
 
     def _run(self, pending: list[Entry]) -> None:
@@ -102,8 +100,10 @@ class Gathering:
 
 
 def _fail(entries: list[Entry], error: Exception) -> None:
+    """Each entry not answered yet gets `error`."""
     for _, _, waiter in entries:
-        waiter.set_exception(error)
+        if not waiter.ready():
+            waiter.set_exception(error)
 
 
 def _hand_out(entries: list[Entry], answers: list[Any]) -> None:

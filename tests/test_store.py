@@ -525,12 +525,19 @@ print(json.dumps({"answers": [g.value for g in waves], "created": len(pool._conn
 """
 
 
-def during_a_round_trip(url: str, prefix: str, socket_timeout: float, sleep: float, tmp_path: Path) -> dict:
-    """What `DURING_A_ROUND_TRIP` saw: reads made while Redis sleeps `sleep` seconds (DEBUG SLEEP)."""
+DURING_RECORDS = {i: {"nb_previous_loans": i, "loan_date": "2020-01-01"} for i in range(1, 40)}
+
+
+def during_a_round_trip(url: str, socket_timeout: float, sleep: float, tmp_path: Path) -> dict:
+    """What `DURING_A_ROUND_TRIP` saw: reads of a published version holding `DURING_RECORDS`, made while Redis
+    sleeps `sleep` seconds (DEBUG SLEEP)."""
+    store = OnlineStore.from_url(url, 0.5, 1.0, prefix=f"t{time.monotonic_ns()}")
+    load(store, "v1", DURING_RECORDS)
+    store.publish("v1")
     script = tmp_path / "during.py"
     script.write_text(DURING_A_ROUND_TRIP)
-    run = subprocess.run([str(BIN / "python"), str(script), url, prefix, str(socket_timeout), str(sleep)], cwd=ROOT,
-                         env=clean_env(), capture_output=True, text=True, timeout=60)  # fmt: skip
+    run = subprocess.run([str(BIN / "python"), str(script), url, store.prefix, str(socket_timeout), str(sleep)],
+                         cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=60)  # fmt: skip
     assert run.returncode == 0, run.stderr
     result: dict = json.loads(run.stdout)
     return result
@@ -542,12 +549,8 @@ def test_store_batcher_sends_the_reads_made_during_a_round_trip_together_in_the_
     """One round trip at a time (a group commit): while one waits on a slow Redis, the reads made meanwhile
     gather, and go out together when it ends, on the one connection the batcher keeps. (A single Redis: on a
     cluster the batch goes through the cluster client's pipeline.)"""
-    store = OnlineStore.from_url(redis_url, 0.5, 1.0, prefix=f"t{time.monotonic_ns()}")
-    records = {i: {"nb_previous_loans": i, "loan_date": "2020-01-01"} for i in range(1, 40)}
-    load(store, "v1", records)
-    store.publish("v1")
-    result = during_a_round_trip(redis_url, store.prefix, 5.0, 0.5, tmp_path)
-    assert result["answers"] == [["v1", records[i]] for i in range(1, 37)]
+    result = during_a_round_trip(redis_url, 5.0, 0.5, tmp_path)
+    assert result["answers"] == [["v1", DURING_RECORDS[i]] for i in range(1, 37)]
     # The version and client 1; the first wave; the eleven waves added while it waited, in one round trip.
     assert (result["batches"], result["reads"]) == (4, 2 + 36)
     assert (result["created"], result["kept"], result["free"]) == (1, 1, 0)
@@ -558,11 +561,7 @@ def test_store_batcher_fails_the_reads_made_during_a_round_trip_that_times_out_w
 ) -> None:
     """A round trip that times out (a Redis that does not answer) fails the reads made while it waited at the
     same moment, rather than sending them to wait as long again; its connection goes back to the pool."""
-    store = OnlineStore.from_url(redis_url, 0.5, 1.0, prefix=f"t{time.monotonic_ns()}")
-    records = {i: {"nb_previous_loans": i, "loan_date": "2020-01-01"} for i in range(1, 40)}
-    load(store, "v1", records)
-    store.publish("v1")
-    result = during_a_round_trip(redis_url, store.prefix, 0.6, 1.5, tmp_path)
+    result = during_a_round_trip(redis_url, 0.6, 1.5, tmp_path)
     assert result["answers"] == ["TimeoutError"] * 36
     assert (result["batches"], result["reads"]) == (3, 2 + 3)  # the first wave's round trip only
     assert (result["created"], result["kept"], result["free"]) == (1, 0, 1)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import joblib
 import numpy as np
+import onnxruntime as ort
 import pandas as pd
 import pytest
 from sklearn import metrics as skm
@@ -28,7 +29,7 @@ from credit.commands import main
 from model import registry
 from model import train as tr
 from model.data import FeaturesError, fingerprint, load_features
-from model.portable import PortableModel
+from model.portable import MATRIX, PROBABILITIES, PortableModel, one_input
 from tests.conftest import MODEL_SETTINGS, TRAINED_UNTIL, Dirty, ModelRun
 from tests.helpers import ROOT, clean_env
 from tests.synthetic import synthetic_features
@@ -162,6 +163,33 @@ def test_saved_version_holds_card_model_and_plots_and_reloads_to_the_same_scores
     assert (
         difference < 1e-5 and card["portable"]["max_score_difference"] < 1e-5 and card["portable"]["format"] == "ONNX"
     )
+
+
+def test_portable_model_scores_its_one_matrix_input_as_the_exported_model_scores_its_columns(
+    model_run: ModelRun,
+) -> None:
+    exported = (model_run.models / model_run.version / "model.onnx").read_bytes()
+    features = model_run.result.card["features"]
+    rng = np.random.default_rng(5)
+    # Every feature null in some rows, and the features given in another order than the model's.
+    values = rng.uniform(0, 5000, size=(500, len(features))).round(2)
+    rows = [{name: None if rng.random() < 0.2 else float(v) for name, v in zip(features, row, strict=True)}
+            for row in values]  # fmt: skip
+    rows = [dict(reversed(row.items())) for row in rows]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1  # trees summed in one order, as the service
+    columns = ort.InferenceSession(exported, options, providers=["CPUExecutionProvider"])
+    assert [i.name for i in columns.get_inputs()] == features  # the registry keeps one input per feature
+    column = {name: np.array([[np.nan if r[name] is None else r[name]] for r in rows], dtype=np.float32)
+              for name in features}  # fmt: skip
+    by_columns = columns.run([PROBABILITIES], column)[0][:, 1]
+    assert PortableModel(exported, features).scores(rows) == by_columns.tolist()  # to the bit
+    assert PortableModel(exported, features).scores(rows[:1]) == by_columns[:1].tolist()
+    # A model whose inputs are not one column of floats per feature is refused, not run half-right.
+    with pytest.raises(ValueError, match="not a column of floats"):
+        one_input(one_input(exported, features), [MATRIX])
+    with pytest.raises(ValueError, match="are not the features"):
+        PortableModel(exported, features[1:])
 
 
 def test_train_same_data_and_seed_same_card(model_run: ModelRun) -> None:

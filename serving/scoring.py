@@ -41,40 +41,71 @@ class VersionModel:
 
 
 class ModelCache:
-    """Each version's model, loaded from the store once per process; the last `keep` versions are kept."""
+    """Each version's model, loaded from the store once per process; the last `keep` versions are kept.
+
+    A version whose stored model cannot be loaded is remembered as such (a version's model is written once,
+    before the version is published): its requests get the same 503 at once, and it is logged once.
+    """
 
     def __init__(self, keep: int = 3) -> None:
         self._keep = keep
-        self._models: collections.OrderedDict[str, VersionModel] = collections.OrderedDict()
+        self._models: collections.OrderedDict[str, VersionModel | ApplicationRefused] = collections.OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, store: OnlineStore, version: str) -> VersionModel:
         found = self._models.get(version)
-        if found is not None:
-            return found
-        with self._lock:  # one load per version, however many requests want it at once
-            found = self._models.get(version)
-            if found is None:
-                found = self._models[version] = load(store, version)
-                log.info("loaded the model of version %s (model %s)", version, found.model_version)
-                while len(self._models) > self._keep:
-                    self._models.popitem(last=False)
-            return found
+        if found is None:
+            with self._lock:  # one load per version, however many requests want it at once
+                found = self._models.get(version)
+                if found is None:
+                    found = self._models[version] = loaded(store, version)
+                    while len(self._models) > self._keep:
+                        self._models.popitem(last=False)
+        if isinstance(found, ApplicationRefused):  # a new one each time: a raised exception keeps its traceback
+            raise ApplicationRefused(found.status, found.code, found.message)
+        return found
 
     def __contains__(self, version: str) -> bool:
+        """The version's model is loaded, or known not to load."""
         return version in self._models
 
 
+def loaded(store: OnlineStore, version: str) -> VersionModel | ApplicationRefused:
+    """`load`, logged; a stored model that cannot be loaded as the refusal its requests get."""
+    try:
+        model = load(store, version)
+    except StoredModelError as exc:
+        log.error("the model stored in version %s cannot be loaded: %s", version, exc)
+        return ApplicationRefused(
+            503, "model_unavailable", f"the model stored in version {version} cannot be loaded (logged): "
+            "publish a new version with materialize",
+        )  # fmt: skip
+    log.info("loaded the model of version %s (model %s)", version, model.model_version)
+    return model
+
+
+class StoredModelError(Exception):
+    """A version's stored model or its meta cannot be read as a model."""
+
+
 def load(store: OnlineStore, version: str) -> VersionModel:
-    """The version's ONNX model with its threshold and feature order, from the store."""
+    """The version's ONNX model with its threshold and feature order, from the store; ApplicationRefused when
+    the version holds none, StoredModelError when what it holds cannot be loaded."""
     meta = store.meta(version)
-    onnx = store.model(version)
+    try:
+        onnx = store.model(version)
+    except ValueError as exc:  # binascii.Error: the key's text is not base64
+        raise StoredModelError(f"the model key does not hold base64 ({exc})") from exc
     if onnx is None or "threshold" not in meta:
         raise ApplicationRefused(
             503, "model_unavailable", f"version {version} holds no model: publish a new version with materialize"
         )
-    features = meta["feature_names"].split(",")
-    return VersionModel(version, PortableModel(onnx, features), float(meta["threshold"]), meta["model_version"])
+    try:
+        features = meta["feature_names"].split(",")
+        threshold = float(meta["threshold"])
+        return VersionModel(version, PortableModel(onnx, features), threshold, meta["model_version"])
+    except Exception as exc:  # onnxruntime's errors have no common base; Redis errors happened above
+        raise StoredModelError(f"{type(exc).__name__}: {exc}") from exc
 
 
 # The fields of a client's record that its history is made of (besides `loan_date`, always read).

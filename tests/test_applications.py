@@ -183,6 +183,33 @@ def test_application_on_a_version_without_a_model_is_503_and_redis_down_too(
     assert down.status_code == 503 and down.json["error"]["code"] == "redis_unavailable"
 
 
+def test_application_on_a_version_whose_stored_model_cannot_be_loaded_is_503_logged_once(
+    redis_url: str, model_run: ModelRun, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = create_app(app_config(redis_url)).test_client()
+    broken = {  # what a version's model key and meta may hold that is not a model of its features
+        "bytes": lambda s, v: s.set_model(v, b"not an ONNX model"),
+        "text": lambda s, v: s._client.set(s.model_key(v), "%%% not base64 %%%"),
+        "features": lambda s, v: s.set_meta(v, {"feature_names": ",".join(reversed(FEATURE_NAMES[1:]))}),
+        "threshold": lambda s, v: s.set_meta(v, {"threshold": "high"}),
+    }
+    for version, spoil in broken.items():
+        spoil(publish_with_model(redis_url, version, HISTORY, model_run), version)
+        caplog.clear()
+        for _ in range(3):
+            answer = client.post("/v1/applications/credit-risk", json={"client_id": 7})
+            assert answer.status_code == 503, (version, answer.json)
+            assert answer.json["error"]["code"] == "model_unavailable" and version in answer.json["error"]["message"]
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert len(errors) == 1 and f"version {version} cannot be loaded" in errors[0], (version, errors)
+        batch = client.post("/v1/applications/credit-risk/batch", json={"applications": [{"client_id": 7}]})
+        assert batch.status_code == 503 and batch.json["error"]["code"] == "model_unavailable"
+        assert client.get("/v1/clients/7/credit-risk").status_code == 200  # the stored scores still answer
+    publish_with_model(redis_url, "fixed", HISTORY, model_run)  # the operator's fix: a new version
+    answer = client.post("/v1/applications/credit-risk", json={"client_id": 7})
+    assert answer.status_code == 200 and answer.json["version"] == "fixed"
+
+
 def test_application_model_is_preloaded_off_the_request_path(redis_url: str, model_run: ModelRun) -> None:
     app = create_app(app_config(redis_url, MODEL_PRELOAD_SECONDS=0.05))
     publish_with_model(redis_url, "v1", HISTORY, model_run)

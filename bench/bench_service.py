@@ -2,23 +2,27 @@
 
     .venv/bin/python -m bench.bench_service [--clients 100000] [--seconds 10] [--connections 16] [--rounds 3]
 
-Two gunicorn servers run with the same settings (conf/gunicorn.conf.py): the service, reading a
-fresh redis-server holding `--clients` published clients, and a trivial Flask app answering a fixed
-JSON object (bench/trivial_app.py). The same wrk load (`--connections` keep-alive connections, two
-threads) is put on: the trivial endpoint, the features endpoint, the credit-risk endpoint and the
-application endpoint (POST, as of a fixed date; uniform random client ids from a Lua script),
-alternating over `--rounds` rounds; the medians are reported with their ratios to the trivial endpoint.
-The published version holds the configured model (a forest trained on synthetic features) as ONNX, and
-the model time per application is measured in-process. It needs wrk on PATH (Debian: apt-get install
-wrk). Results are printed and written to `bench/results/service.json`.
+Two gunicorn servers run with the same settings (conf/gunicorn.conf.py): the service, reading a fresh
+redis-server holding `--clients` published clients (random, consistent records), and a trivial Flask app
+answering a fixed JSON object (bench/trivial_app.py). The same wrk load (`--connections` keep-alive
+connections, two threads) is put on: the trivial endpoint, the features endpoint, the credit-risk
+endpoint and the application endpoint (POST, as of a fixed date; uniform random client ids from a Lua
+script), alternating over `--rounds` rounds; the medians are reported with their ratios to the trivial
+endpoint. The published version holds the configured model (a forest trained on synthetic features) as
+ONNX, and the model time per application is measured in-process (every application a different row, and
+one row over and over), and in the workers under the application load (the service's model-run metrics).
+It needs wrk on PATH (Debian: apt-get install wrk). Results are printed and written to
+`bench/results/service.json`.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import platform
+import random
 import re
 import shutil
 import statistics
@@ -27,6 +31,8 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from conf import load_settings
 from contract import FEATURE_NAMES
@@ -42,10 +48,37 @@ ROOT = Path(__file__).resolve().parent.parent
 
 WORK = ROOT / "var" / "bench" / "service"
 RESULTS = ROOT / "bench" / "results" / "service.json"
-RECORD = {"nb_previous_loans": 12, "avg_amount_loans_previous": 2134.56789, "age": 41, "years_on_the_job": 7,
-          "flag_own_car": 1, "loan_date": "2020-11-05", "score": 0.4123456789, "label": 0, "model_version": "m1",
-          "loans": 13, "amount_sum": 27749.38257, "last_loan_id": 123456, "birthday": "1979-03-01",
-          "job_start_date": "2013-06-01"}  # fmt: skip
+
+
+def client_record(rng: random.Random) -> dict[str, object]:
+    """One client's record as `materialize` writes it (latest loan's features, score, history state), random
+    but consistent: clients differ, as their paths through the model's trees do."""
+    loans = rng.randrange(1, 30)
+    amount_sum = round(sum(rng.uniform(50, 8000) for _ in range(loans)), 2)
+    last_loan = dt.date(2015, 1, 1) + dt.timedelta(days=rng.randrange(0, 6 * 365))
+    birthday = dt.date(1945, 1, 1) + dt.timedelta(days=rng.randrange(0, 55 * 365))
+    job_start = birthday + dt.timedelta(days=rng.randrange(18 * 365, 40 * 365)) if rng.random() > 0.2 else None
+    score = rng.random()
+    record: dict[str, object] = {
+        "nb_previous_loans": loans - 1,
+        "age": (last_loan - birthday).days // 365,
+        "flag_own_car": rng.randrange(0, 2),
+        "loan_date": last_loan.isoformat(),
+        "score": score,
+        "label": int(score >= 0.5),
+        "model_version": "m1",
+        "loans": loans,
+        "amount_sum": amount_sum,
+        "last_loan_id": rng.randrange(1, 10**9),
+        "birthday": birthday.isoformat(),
+    }
+    if loans > 1:
+        record["avg_amount_loans_previous"] = round(amount_sum / loans, 5)
+    if job_start is not None and job_start <= last_loan:
+        record["years_on_the_job"] = (last_loan - job_start).days // 365
+    if job_start is not None:
+        record["job_start_date"] = job_start.isoformat()
+    return record
 
 
 # Per endpoint: its targets against the trivial endpoint (requests per second at least, p99 at most).
@@ -63,20 +96,39 @@ def portable_model() -> tuple[bytes, float, str]:
     return onnx, card["threshold"]["value"], card["version"]
 
 
-def model_microseconds(onnx: bytes, rows: int = 20_000) -> float:
-    """Median time of one application's scoring (features already computed), in-process."""
+def application_rows(count: int, seed: int = 7) -> list[dict[str, float | int | None]]:
+    """`count` different applications' features (random, some null), as the service scores them."""
+    rng = random.Random(seed)
+    return [
+        {
+            "nb_previous_loans": (loans := rng.randrange(0, 40)),
+            "avg_amount_loans_previous": round(rng.uniform(50, 8000), 2) if loans else None,
+            "age": rng.randrange(18, 95) if rng.random() > 0.05 else None,
+            "years_on_the_job": rng.randrange(0, 45) if rng.random() > 0.2 else None,
+            "flag_own_car": rng.randrange(0, 2),
+        }
+        for _ in range(count)
+    ]
+
+
+def model_microseconds(onnx: bytes, laps: int = 20, per_lap: int = 1000) -> dict[str, float]:
+    """Median time of one application's scoring (features already computed), in-process: every application
+    a different row (`distinct`, the service's case: each row walks its own paths through the trees, which
+    the cache does not hold), and the same row over and over (`same_row`, the best case)."""
     model = PortableModel(onnx, FEATURE_NAMES)
-    row = {"nb_previous_loans": 13, "avg_amount_loans_previous": 2134.5, "age": 42, "years_on_the_job": None,
-           "flag_own_car": 1}  # fmt: skip
-    for _ in range(1000):
-        model.scores([row])
-    laps = []
-    for _ in range(rows // 1000):
-        started = time.perf_counter()
-        for _ in range(1000):
+    rows = application_rows(per_lap)
+    figures = {}
+    for name, lap_rows in (("same_row", [rows[0]] * per_lap), ("distinct", rows)):
+        for row in lap_rows:  # warm-up
             model.scores([row])
-        laps.append((time.perf_counter() - started) / 1000 * 1e6)
-    return statistics.median(laps)
+        times = []
+        for _ in range(laps):
+            started = time.perf_counter()
+            for row in lap_rows:
+                model.scores([row])
+            times.append((time.perf_counter() - started) / per_lap * 1e6)
+        figures[name] = statistics.median(times)
+    return figures
 
 
 LUA = """
@@ -116,6 +168,15 @@ end
 """
 
 
+def model_runs(port: int) -> dict[str, float]:
+    """The service's model runs so far, from its metrics (every worker's): runs, rows, seconds."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    samples = {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples}
+    return {"runs": samples.get("credit_model_run_duration_seconds_count", 0.0),
+            "rows": samples.get("credit_model_rows_total", 0.0),
+            "seconds": samples.get("credit_model_run_duration_seconds_sum", 0.0)}  # fmt: skip
+
+
 def wrk(url_path: str, port: int, clients: int, seconds: int, connections: int) -> dict[str, float]:
     """Requests per second and latency percentiles (ms) of one wrk run (a POST application when url_path is
     "application")."""
@@ -149,7 +210,8 @@ def main() -> int:
         store.begin(
             "bench", {"source": "bench", "model_version": model_version, "feature_names": ",".join(FEATURE_NAMES)}
         )
-        store.write("bench", ((i, RECORD) for i in range(1, args.clients + 1)))
+        rng = random.Random(42)
+        store.write("bench", ((i, client_record(rng)) for i in range(1, args.clients + 1)))
         store.set_model("bench", onnx)
         store.set_meta("bench", {"threshold": repr(threshold)})
         store.complete("bench", args.clients)
@@ -167,9 +229,11 @@ def main() -> int:
         for path, port in targets.values():  # warm-up: connections, imports, caches
             wrk(path, port, args.clients, 2, args.connections)
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+        model_before = model_runs(service_port)
         for _ in range(args.rounds):
             for name, (path, port) in targets.items():
                 runs[name].append(wrk(path, port, args.clients, args.seconds, args.connections))
+        under_load = {key: after - model_before[key] for key, after in model_runs(service_port).items()}
     finally:
         for process in processes:
             process.terminate()
@@ -181,6 +245,12 @@ def main() -> int:
               for name, results in runs.items()}  # fmt: skip
     figures["median"] = median
     figures["model_us_per_application"] = figures_model_us
+    figures["model_under_load"] = {  # the service's own metrics over the application rounds
+        "runs": under_load["runs"],
+        "rows_per_run": under_load["rows"] / max(under_load["runs"], 1),
+        "us_per_run": under_load["seconds"] / max(under_load["runs"], 1) * 1e6,
+        "us_per_application": under_load["seconds"] / max(under_load["rows"], 1) * 1e6,
+    }
     for name in TARGETS:
         figures[f"{name}_rps_vs_trivial"] = median[name]["rps"] / median["trivial"]["rps"]
         figures[f"{name}_p99_vs_trivial"] = median[name]["p99_ms"] / median["trivial"]["p99_ms"]
@@ -196,7 +266,15 @@ def main() -> int:
             f"  {figures[f'{name}_rps_vs_trivial']:.2f} (target >= {rps_target:.2f}), "
             f"{figures[f'{name}_p99_vs_trivial']:.2f} (target <= {p99_target:.1f})")  # fmt: skip
         print(f"{name:<12} {m['rps']:>9,.0f} {m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f} {m['non_2xx']:>8.0f}{ratio}")
-    print(f"model time per application, in-process: {figures_model_us:.1f} us (target < 50)")
+    print(
+        f"model time per application, in-process: {figures_model_us['distinct']:.1f} us with every application "
+        f"a different row (target < 50), {figures_model_us['same_row']:.1f} us for one row over and over"
+    )
+    load = figures["model_under_load"]
+    print(
+        f"model under the application load, in the workers: {load['us_per_run']:.0f} us per run of "
+        f"{load['rows_per_run']:.1f} applications on average, {load['us_per_application']:.0f} us per application"
+    )
     print(f"written to {RESULTS.relative_to(ROOT)}")
     return 0
 

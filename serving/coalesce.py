@@ -39,6 +39,7 @@ from typing import Any
 
 import redis
 
+from serving import metrics
 from serving.breaker import UNREACHABLE
 
 
@@ -264,7 +265,7 @@ class BatchedScores(Gathering):
             self.runs += 1
             self.rows += len(rows)
             try:
-                scores: list[Any] = entries[0][0].scores(rows)
+                scores: list[Any] = metrics.model_run(entries[0][0], rows)
             except Exception as exc:
                 scores = [exc] * len(rows)
             _hand_out(entries, scores)

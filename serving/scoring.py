@@ -19,6 +19,7 @@ from typing import Any
 
 from contract import History, car_flag, features_of_a_new_loan
 from model.portable import PortableModel
+from serving import metrics
 from serving.store import OnlineStore
 
 log = logging.getLogger(__name__)
@@ -165,7 +166,7 @@ Scorer = Callable[[PortableModel, list[dict[str, Any]]], list[float]]
 
 
 def score_directly(model: PortableModel, rows: list[dict[str, Any]]) -> list[float]:
-    return model.scores(rows)
+    return metrics.model_run(model, rows)
 
 
 def answers(model: VersionModel, applications: list[Application], scorer: Scorer = score_directly

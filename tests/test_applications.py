@@ -34,7 +34,7 @@ from spark_jobs import materialize as mz
 from tests.conftest import DEFAULTS, ModelRun
 from tests.helpers import BIN, ROOT, clean_env
 from tests.redis_servers import RedisServer
-from tests.test_app import app_config
+from tests.test_app import app_config, metric
 
 TODAY = dt.datetime.now(dt.UTC).date()
 # Clients of the published version: a history of 3 loans, and one with attributes the store lacks.
@@ -167,6 +167,23 @@ def test_application_batch_answers_in_order_with_one_error_each_and_an_exact_lim
     assert bad.status_code == 400 and bad.json["error"]["message"].startswith("applications.1.client_id:")
 
 
+def test_application_model_runs_are_timed_and_counted_in_the_metrics(client: FlaskClient) -> None:
+    def counted() -> tuple[float, float, float]:
+        text = client.get("/metrics").get_data(as_text=True)
+        runs, rows, seconds = (metric(text, f"credit_model_{name}") for name in
+                               ("run_duration_seconds_count", "rows_total", "run_duration_seconds_sum"))  # fmt: skip
+        return runs, rows, seconds
+
+    before = counted()
+    assert client.post("/v1/applications/credit-risk", json={"client_id": 7}).status_code == 200
+    applications = [{"client_id": 7}, {"client_id": 99}, {"client_id": 8}]  # 99: refused, not scored
+    assert client.post("/v1/applications/credit-risk/batch", json={"applications": applications}).status_code == 200
+    assert client.post("/v1/applications/credit-risk", json={"client_id": 99}).status_code == 404
+    after = counted()
+    assert (after[0] - before[0], after[1] - before[1]) == (2, 3)  # one run per request, the batch's two rows in one
+    assert 0 < after[2] - before[2] < 5
+
+
 def test_application_on_a_version_without_a_model_is_503_and_redis_down_too(
     redis_url: str, redis_server: RedisServer
 ) -> None:
@@ -260,7 +277,12 @@ def score(i):
 
 greenlets = [gevent.spawn(score, i) for i in range(60)]
 gevent.joinall(greenlets)
-print(json.dumps({"answers": [g.value for g in greenlets], "runs": batched.runs, "rows": batched.rows}))
+from prometheus_client import REGISTRY
+
+metrics = {name: REGISTRY.get_sample_value(name) for name in
+           ("credit_model_run_duration_seconds_count", "credit_model_rows_total")}
+print(json.dumps({"answers": [g.value for g in greenlets], "runs": batched.runs, "rows": batched.rows,
+                  "metrics": metrics}))
 """
 
 
@@ -288,6 +310,10 @@ def test_application_scorings_under_gevent_share_runs_of_their_own_model_only(
     assert result["answers"] == expected
     assert result["rows"] == sum(1 + i % 2 for i in range(60))
     assert 3 <= result["runs"] <= 9  # a run per model and turn of the loop, not one per request
+    # The metrics count the runs that scored (the broken model's did not), one per run, not per request.
+    counted = result["metrics"]
+    assert counted["credit_model_rows_total"] == sum(1 + i % 2 for i in range(60) if i % 3 != 2)
+    assert 2 <= counted["credit_model_run_duration_seconds_count"] <= result["runs"] - 1
 
 
 @pytest.mark.parametrize("on", ["2019-02-28", "2020-02-28", "2020-02-29", "2021-02-28", "2019-05-10", "2020-05-09"])

@@ -96,27 +96,15 @@ def portable_model() -> tuple[bytes, float, str]:
     return onnx, card["threshold"]["value"], card["version"]
 
 
-def application_rows(count: int, seed: int = 7) -> list[dict[str, float | int | None]]:
-    """`count` different applications' features (random, some null), as the service scores them."""
-    rng = random.Random(seed)
-    return [
-        {
-            "nb_previous_loans": (loans := rng.randrange(0, 40)),
-            "avg_amount_loans_previous": round(rng.uniform(50, 8000), 2) if loans else None,
-            "age": rng.randrange(18, 95) if rng.random() > 0.05 else None,
-            "years_on_the_job": rng.randrange(0, 45) if rng.random() > 0.2 else None,
-            "flag_own_car": rng.randrange(0, 2),
-        }
-        for _ in range(count)
-    ]
-
-
 def model_microseconds(onnx: bytes, laps: int = 20, per_lap: int = 1000) -> dict[str, float]:
     """Median time of one application's scoring (features already computed), in-process: every application
     a different row (`distinct`, the service's case: each row walks its own paths through the trees, which
     the cache does not hold), and the same row over and over (`same_row`, the best case)."""
     model = PortableModel(onnx, FEATURE_NAMES)
-    rows = application_rows(per_lap)
+    rng = random.Random(7)
+    rows = [
+        {name: record.get(name) for name in FEATURE_NAMES} for record in (client_record(rng) for _ in range(per_lap))
+    ]
     figures = {}
     for name, lap_rows in (("same_row", [rows[0]] * per_lap), ("distinct", rows)):
         for row in lap_rows:  # warm-up

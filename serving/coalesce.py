@@ -242,8 +242,8 @@ def _batches(pending: list[Entry], limit: int) -> Iterator[list[Entry]]:
 class BatchedScores(Gathering):
     """Scoring runs of a model, batched across greenlets: the rows that concurrent application requests
     score by the runner's next turn go through one run of each model they use. A run's fixed cost
-    (onnxruntime's call, its input, the trees brought into the cache) is shared: one row alone costs
-    about 25 us, four rows together about 35 us. Rows are only ever scored by their own model (grouped by
+    (onnxruntime's call, its input, the trees brought into the cache) is shared: one row alone costs 20 to
+    30 us in-process, four different rows about 90 us. Rows are only ever scored by their own model (grouped by
     the model object, so one version's rows never meet another's model), and a row's score is the same
     alone or in a batch (a tree ensemble scores each row on its own)."""
 

@@ -14,6 +14,7 @@ import json
 import math
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 
@@ -184,19 +185,56 @@ def test_portable_model_scores_its_one_matrix_input_as_the_exported_model_scores
     column = {name: np.array([[np.nan if r[name] is None else r[name]] for r in rows], dtype=np.float32)
               for name in features}  # fmt: skip
     by_columns = columns.run([PROBABILITIES], column)[0][:, 1]
-    assert PortableModel(exported, features).scores(rows) == by_columns.tolist()  # to the bit
-    assert PortableModel(exported, features).scores(rows[:1]) == by_columns[:1].tolist()
-    # From opset 18, Split takes its number of parts as an attribute: a model of that opset scores the same.
-    newer = onnx.load_from_string(exported)
-    for opset in newer.opset_import:
-        if opset.domain in ("", "ai.onnx"):
-            opset.version = 18
-    assert PortableModel(newer.SerializeToString(), features).scores(rows) == by_columns.tolist()
+    model = PortableModel(exported, features)
+    assert model.scores(rows) == by_columns.tolist()  # to the bit
+    assert [model.scores([row])[0] for row in rows] == by_columns.tolist()  # one row: the bound buffers
+    # The export's per-column imputation runs as nodes over the whole matrix.
+    fused = onnx.load_from_string(one_input(exported, features))
+    assert [node.op_type for node in fused.graph.node] == [
+        "Imputer", "IsNaN", "Cast", "Concat", "Gather", "TreeEnsembleClassifier"
+    ]  # fmt: skip
+    # A graph of another shape (here, an imputed column is also an output) is given a Split of the matrix
+    # instead, and scores the same; from opset 18, Split takes its number of parts as an attribute.
+    for opset_version in (17, 18):
+        other = onnx.load_from_string(exported)
+        imputed = next(node.output[0] for node in other.graph.node if node.op_type == "Imputer")
+        other.graph.output.append(onnx.helper.make_tensor_value_info(imputed, onnx.TensorProto.FLOAT, [None, 1]))
+        for opset in other.opset_import:
+            if opset.domain in ("", "ai.onnx"):
+                opset.version = opset_version
+        split = one_input(other.SerializeToString(), features)
+        assert [node.op_type for node in onnx.load_from_string(split).graph.node][:2] == ["Split", "Imputer"]
+        model = PortableModel(other.SerializeToString(), features)
+        assert model.scores(rows) == by_columns.tolist()
+        assert [model.scores([row])[0] for row in rows[:50]] == by_columns[:50].tolist()
     # A model whose inputs are not one column of floats per feature is refused, not run half-right.
     with pytest.raises(ValueError, match="not a column of floats"):
         one_input(one_input(exported, features), [MATRIX])
     with pytest.raises(ValueError, match="are not the features"):
         PortableModel(exported, features[1:])
+
+
+def test_portable_model_scores_single_rows_from_several_threads_at_once(model_run: ModelRun) -> None:
+    """One row's buffers serve one thread at a time; the others score through the general path, and every
+    thread gets its own rows' scores."""
+    exported = (model_run.models / model_run.version / "model.onnx").read_bytes()
+    features = model_run.result.card["features"]
+    rng = np.random.default_rng(11)
+    ranges = {"nb_previous_loans": 40, "avg_amount_loans_previous": 5000, "age": 90, "years_on_the_job": 40}
+    rows = [{name: None if rng.random() < 0.1 else float(rng.integers(0, ranges.get(name, 2) + 1)) for name in features}
+            for _ in range(400)]  # fmt: skip
+    model = PortableModel(exported, features)
+    expected = model.scores(rows)
+    assert len(set(expected)) > 100  # rows that score differently, so a row given another's score shows
+
+    def score_all(offset: int) -> list[float]:
+        turned = rows[offset:] + rows[:offset]
+        return [model.scores([row])[0] for row in turned for _ in range(3)][::3]
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(score_all, (0, 100, 200, 300)))
+    for offset, scores in zip((0, 100, 200, 300), results, strict=True):
+        assert scores == expected[offset:] + expected[:offset]
 
 
 def test_train_same_data_and_seed_same_card(model_run: ModelRun) -> None:

@@ -19,6 +19,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -467,31 +468,56 @@ def job_frames(
     """What `run` writes its outputs from: the checked rows (`validate`'s: the rows compared whole, with
     `reason`; the quarantine's), the conflicting loan_ids and the features (`add_features` of the accepted
     rows, cached), by the job's route (see `key_rows`) or, when most rows would be compared whole anyway, by
-    the plain one (`distinct_parsed`). `cache` persists a frame several steps read."""
+    the plain one (`distinct_parsed`). `cache` persists a frame several steps read (and may be called from
+    another thread; the plain route also unpersists the keyed route's frames it was given)."""
     step = time.perf_counter()
     # Small, and read by the keyed rows' plan: cached, the pass over the loan_ids runs once.
     read_twice = cache(loan_ids_read_twice(read_files(spark, sources, only="loan_id")))
-    keys, rows = read_twice.agg(F.count(F.lit(1)), F.coalesce(F.sum("_rows"), F.lit(0))).first() or (0, 0)
+    # The keyed route's frames are made (analyzed, and their caches planned: seconds of the driver's work on a
+    # cold JVM) while the pass over the loan_ids keeps the cores busy, rather than after it: the sample's
+    # feature job ended about 1.2 s sooner (10 alternating runs, 7 sooner, 2 later). The plain route, rare,
+    # is made after, when the counts ask for it.
+    planned: list[DataFrame] = []
+
+    def plan_cache(frame: DataFrame) -> DataFrame:
+        planned.append(frame)
+        return cache(frame)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="features-plan") as planner:
+        keyed_route = planner.submit(keyed_frames, raw, read_twice, as_of, plan_cache)
+        keys, rows = read_twice.agg(F.count(F.lit(1)), F.coalesce(F.sum("_rows"), F.lit(0))).first() or (0, 0)
+        frames = keyed_route.result()
     read = sum(s.lines for s in sources) - len(sources)  # the records, when no value spans lines
     plain = rows > read * WHOLE_SHARE_LIMIT
-    log.info("loan_ids read in %.1fs: %d held by more than one row, %d rows of about %d: %s",
-             time.perf_counter() - step, keys, rows, read,
+    log.info("loan_ids read (and the plans made meanwhile) in %.1fs: %d held by more than one row, %d rows of "
+             "about %d: %s", time.perf_counter() - step, keys, rows, read,
              "every row compared whole" if plain else "only those compared whole")  # fmt: skip
-    if plain:
-        # Cached: both outputs and the conflict check read the distinct rows, parsed once.
-        parsed = cache(distinct_parsed(raw))
-        conflicts = cache(conflicting_loan_ids(parsed))
-        checked = validate(parsed, as_of, conflicts)
-        accepted = checked.where(F.col(REASON).isNull())
-    else:
-        # Cached: both outputs and the conflict check read the keyed rows (and filters on the cache are not
-        # pushed below its shuffle, where they would read the CSV once per filter).
-        keyed = cache(key_rows(raw, read_twice, as_of))
-        # Cached: the conflict check and both outputs read them (few, unless many loan_ids are read twice).
-        whole = cache(whole_rows(keyed))
-        conflicts = cache(conflicting_loan_ids(whole))
-        checked = validate(whole, as_of, conflicts)
-        accepted = accepted_rows(lone_rows(keyed), checked)
+    if not plain:
+        return frames
+    for frame in planned:  # the keyed route's caches, never filled
+        frame.unpersist()
+    # Cached: both outputs and the conflict check read the distinct rows, parsed once.
+    parsed = cache(distinct_parsed(raw))
+    conflicts = cache(conflicting_loan_ids(parsed))
+    checked = validate(parsed, as_of, conflicts)
+    accepted = checked.where(F.col(REASON).isNull())
+    # Cached as the features are written: the clients' history is their last rows, not a second window.
+    return checked, conflicts, cache(add_features(accepted))
+
+
+def keyed_frames(
+    raw: DataFrame, read_twice: DataFrame, as_of: dt.date | None, cache: Callable[[DataFrame], DataFrame]
+) -> tuple[DataFrame, DataFrame, DataFrame]:
+    """`job_frames` by the job's route: only the rows whose loan_id is read twice, or rejected on their own,
+    compared whole."""
+    # Cached: both outputs and the conflict check read the keyed rows (and filters on the cache are not
+    # pushed below its shuffle, where they would read the CSV once per filter).
+    keyed = cache(key_rows(raw, read_twice, as_of))
+    # Cached: the conflict check and both outputs read them (few, unless many loan_ids are read twice).
+    whole = cache(whole_rows(keyed))
+    conflicts = cache(conflicting_loan_ids(whole))
+    checked = validate(whole, as_of, conflicts)
+    accepted = accepted_rows(lone_rows(keyed), checked)
     # Cached as the features are written: the clients' history is their last rows, not a second window.
     return checked, conflicts, cache(add_features(accepted))
 

@@ -482,7 +482,9 @@ def test_job_generated_code_stays_small_enough_to_be_compiled(
     finally:
         for frame in cached:
             frame.unpersist()
-    assert len(cached) == (5 if route == "narrow" else 4)
+    # The keyed route's 4 frames are made (while the loan_ids are counted) before the counts choose the route;
+    # the plain route then caches 3 of its own.
+    assert len(cached) == (5 if route == "narrow" else 8)
     assert sizes["cached 1"]  # the rows read and parsed: generated code
     assert {name: [(size, plan[:300]) for size, plan in stages if size > HUGE_METHOD_LIMIT]
             for name, stages in sizes.items()} == {name: [] for name in sizes}  # fmt: skip

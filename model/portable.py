@@ -215,15 +215,15 @@ def _fuse_imputation(graph: onnx.GraphProto, features: list[str]) -> bool:
                               imputed_value_floats=[imputed.get(i, float("nan")) for i in range(len(features))],
                               replaced_value_float=float("nan")),
     ]  # fmt: skip
-    last = f"{MATRIX}_imputed"
+    last, width = f"{MATRIX}_imputed", len(features)
     if any(index >= len(features) for index in order):
         nodes += [
             onnx.helper.make_node("IsNaN", [MATRIX], [f"{MATRIX}_nan"]),
             onnx.helper.make_node("Cast", [f"{MATRIX}_nan"], [f"{MATRIX}_missing"], to=onnx.TensorProto.FLOAT),
             onnx.helper.make_node("Concat", [last, f"{MATRIX}_missing"], [f"{MATRIX}_columns"], axis=1),
         ]
-        last = f"{MATRIX}_columns"
-    if order == list(range(len(features) * (2 if last.endswith("_columns") else 1))):
+        last, width = f"{MATRIX}_columns", 2 * len(features)
+    if order == list(range(width)):
         nodes[-1].output[0] = joined.output[0]  # the columns in the old order already
     else:
         graph.initializer.append(onnx.numpy_helper.from_array(np.array(order, dtype=np.int64), f"{MATRIX}_order"))

@@ -232,7 +232,8 @@ def _fuse_imputation(graph: onnx.GraphProto, features: list[str]) -> bool:
     kept = [node for node in graph.node if not (node.output and node.output[0] in gone)]
     del graph.node[:]
     graph.node.extend(nodes + kept)
-    known = [info for info in graph.value_info if info.name not in column]  # shapes of values no longer made
+    # Shapes of the values no longer made (the Concat's result is still made, by the last new node).
+    known = [info for info in graph.value_info if info.name not in gone - {joined.output[0]}]
     del graph.value_info[:]
     graph.value_info.extend(known)
     return True

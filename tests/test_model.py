@@ -193,6 +193,12 @@ def test_portable_model_scores_its_one_matrix_input_as_the_exported_model_scores
     assert [node.op_type for node in fused.graph.node] == [
         "Imputer", "IsNaN", "Cast", "Concat", "Gather", "TreeEnsembleClassifier"
     ]  # fmt: skip
+    # Shapes recorded for the values the fusion removes (the indicator's) go with them.
+    inferred = onnx.shape_inference.infer_shapes(onnx.load_from_string(exported))
+    assert inferred.graph.value_info
+    fused_inferred = onnx.load_from_string(one_input(inferred.SerializeToString(), features)).graph
+    made = {name for node in fused_inferred.node for name in node.output}
+    assert {info.name for info in fused_inferred.value_info} <= made
     # A graph of another shape (here, an imputed column is also an output) is given a Split of the matrix
     # instead, and scores the same; from opset 18, Split takes its number of parts as an attribute.
     for opset_version in (17, 18):

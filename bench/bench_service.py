@@ -11,7 +11,9 @@ script), alternating over `--rounds` rounds; the medians are reported with their
 endpoint. The published version holds the configured model (a forest trained on synthetic features) as
 ONNX, and the model time per application is measured in-process (every application a different row, and
 one row over and over), and in the workers under the application load (the service's model-run metrics).
-It needs wrk on PATH (Debian: apt-get install wrk). Results are printed and written to
+Where a request's time goes is measured too: the CPU time per request of the gunicorn workers, of
+redis-server and of wrk over each run (from /proc; the machine is saturated, so an endpoint's requests per
+second follow the sum). It needs wrk on PATH (Debian: apt-get install wrk). Results are printed and written to
 `bench/results/service.json`.
 """
 
@@ -24,6 +26,7 @@ import os
 import platform
 import random
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -165,6 +168,50 @@ def model_runs(port: int) -> dict[str, float]:
             "seconds": samples.get("credit_model_run_duration_seconds_sum", 0.0)}  # fmt: skip
 
 
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user and system) a process has used so far, from /proc; 0 when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (a gunicorn master's workers), from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = (entry / "stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()[1]
+            except (OSError, IndexError):
+                continue
+            if int(parent) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def children_cpu_seconds() -> float:
+    """The CPU time of this process's children that have ended (wrk's, once it has exited)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measured_run(url_path: str, port: int, clients: int, seconds: int, connections: int, master: int,
+                 redis_pid: int) -> dict[str, float]:  # fmt: skip
+    """One wrk run (`wrk`) with the CPU time per request, in microseconds, of the workers of the gunicorn
+    `master`, of the Redis server and of wrk itself."""
+    workers = children(master)
+    before = (sum(cpu_seconds(w) for w in workers), cpu_seconds(redis_pid), children_cpu_seconds())
+    result = wrk(url_path, port, clients, seconds, connections)
+    after = (sum(cpu_seconds(w) for w in workers), cpu_seconds(redis_pid), children_cpu_seconds())
+    requests = max(result["rps"] * seconds, 1.0)
+    for key, start, end in zip(("workers_cpu_us", "redis_cpu_us", "wrk_cpu_us"), before, after, strict=True):
+        result[key] = (end - start) / requests * 1e6
+    return result
+
+
 def wrk(url_path: str, port: int, clients: int, seconds: int, connections: int) -> dict[str, float]:
     """Requests per second and latency percentiles (ms) of one wrk run (a POST application when url_path is
     "application")."""
@@ -216,11 +263,14 @@ def main() -> int:
         }
         for path, port in targets.values():  # warm-up: connections, imports, caches
             wrk(path, port, args.clients, 2, args.connections)
+        masters = {service_port: processes[0].pid, trivial_port: processes[1].pid}
+        assert server.process is not None
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
         model_before = model_runs(service_port)
         for _ in range(args.rounds):
             for name, (path, port) in targets.items():
-                runs[name].append(wrk(path, port, args.clients, args.seconds, args.connections))
+                runs[name].append(measured_run(path, port, args.clients, args.seconds, args.connections,
+                                               masters[port], server.process.pid))  # fmt: skip
         under_load = {key: after - model_before[key] for key, after in model_runs(service_port).items()}
     finally:
         for process in processes:
@@ -254,6 +304,14 @@ def main() -> int:
             f"  {figures[f'{name}_rps_vs_trivial']:.2f} (target >= {rps_target:.2f}), "
             f"{figures[f'{name}_p99_vs_trivial']:.2f} (target <= {p99_target:.1f})")  # fmt: skip
         print(f"{name:<12} {m['rps']:>9,.0f} {m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f} {m['non_2xx']:>8.0f}{ratio}")
+    print("CPU time per request (us; medians): where a request's time goes, and how much more than a trivial one's")
+    print(f"{'endpoint':<12} {'workers':>9} {'redis':>7} {'wrk':>7} {'total':>7} {'vs trivial':>11}")
+    trivial_total = sum(median["trivial"][k] for k in ("workers_cpu_us", "redis_cpu_us", "wrk_cpu_us"))
+    for name, m in median.items():
+        total = m["workers_cpu_us"] + m["redis_cpu_us"] + m["wrk_cpu_us"]
+        extra = "" if name == "trivial" else f"{total - trivial_total:>+11.0f}"
+        spent = f"{m['workers_cpu_us']:>9.0f} {m['redis_cpu_us']:>7.1f} {m['wrk_cpu_us']:>7.0f} {total:>7.0f}"
+        print(f"{name:<12} {spent} {extra}")
     print(
         f"model time per application, in-process: {figures_model_us['distinct']:.1f} us with every application "
         f"a different row (target < 50), {figures_model_us['same_row']:.1f} us for one row over and over"

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.procfs import rss_kib, tree
 from conf import load_settings
 from credit.launcher import class_archive_options
 from datagen.generate import write_csv
@@ -83,36 +84,9 @@ def peak_rss_mib(process: subprocess.Popen, poll: float = 0.1) -> float:
     """Wait for the process; the peak of the summed resident memory of it and its descendants (MiB)."""
     peak = 0
     while process.poll() is None:
-        peak = max(peak, sum(_rss_kib(pid) for pid in _tree(process.pid)))
+        peak = max(peak, sum(rss_kib(pid) for pid in tree(process.pid)))
         time.sleep(poll)
     return peak / 1024
-
-
-def _tree(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(parent, []).append(int(entry.name))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo += children.get(pid, [])
-    return found
-
-
-def _rss_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def end_to_end(command: list[str], what: str) -> tuple[float, float]:

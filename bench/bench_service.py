@@ -37,6 +37,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.procfs import cpu_seconds, tree
 from conf import load_settings
 from contract import FEATURE_NAMES
 from model import registry
@@ -168,28 +169,8 @@ def model_runs(port: int) -> dict[str, float]:
             "seconds": samples.get("credit_model_run_duration_seconds_sum", 0.0)}  # fmt: skip
 
 
-def cpu_seconds(pid: int) -> float:
-    """The CPU time (user and system) a process has used so far, from /proc; 0 when it cannot be read."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def children(pid: int) -> list[int]:
-    """The processes whose parent is `pid` (a gunicorn master's workers), from /proc."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = (entry / "stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()[1]
-            except (OSError, IndexError):
-                continue
-            if int(parent) == pid:
-                found.append(int(entry.name))
-    return found
+# A run's CPU time per request (us), by where it is spent: the gunicorn workers, redis-server, wrk.
+CPU_PARTS = ("workers_cpu_us", "redis_cpu_us", "wrk_cpu_us")
 
 
 def children_cpu_seconds() -> float:
@@ -202,12 +183,12 @@ def measured_run(url_path: str, port: int, clients: int, seconds: int, connectio
                  redis_pid: int) -> dict[str, float]:  # fmt: skip
     """One wrk run (`wrk`) with the CPU time per request, in microseconds, of the workers of the gunicorn
     `master`, of the Redis server and of wrk itself."""
-    workers = children(master)
+    workers = tree(master)[1:]
     before = (sum(cpu_seconds(w) for w in workers), cpu_seconds(redis_pid), children_cpu_seconds())
     result = wrk(url_path, port, clients, seconds, connections)
     after = (sum(cpu_seconds(w) for w in workers), cpu_seconds(redis_pid), children_cpu_seconds())
     requests = max(result["rps"] * seconds, 1.0)
-    for key, start, end in zip(("workers_cpu_us", "redis_cpu_us", "wrk_cpu_us"), before, after, strict=True):
+    for key, start, end in zip(CPU_PARTS, before, after, strict=True):
         result[key] = (end - start) / requests * 1e6
     return result
 
@@ -306,9 +287,9 @@ def main() -> int:
         print(f"{name:<12} {m['rps']:>9,.0f} {m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f} {m['non_2xx']:>8.0f}{ratio}")
     print("CPU time per request (us; medians): where a request's time goes, and how much more than a trivial one's")
     print(f"{'endpoint':<12} {'workers':>9} {'redis':>7} {'wrk':>7} {'total':>7} {'vs trivial':>11}")
-    trivial_total = sum(median["trivial"][k] for k in ("workers_cpu_us", "redis_cpu_us", "wrk_cpu_us"))
+    trivial_total = sum(median["trivial"][part] for part in CPU_PARTS)
     for name, m in median.items():
-        total = m["workers_cpu_us"] + m["redis_cpu_us"] + m["wrk_cpu_us"]
+        total = sum(m[part] for part in CPU_PARTS)
         extra = "" if name == "trivial" else f"{total - trivial_total:>+11.0f}"
         spent = f"{m['workers_cpu_us']:>9.0f} {m['redis_cpu_us']:>7.1f} {m['wrk_cpu_us']:>7.0f} {total:>7.0f}"
         print(f"{name:<12} {spent} {extra}")

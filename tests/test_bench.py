@@ -1,4 +1,4 @@
-"""The service benchmark's CPU accounting: the processes it reads, and the CPU time it reads from them."""
+"""What the benchmarks read of other processes: their tree and CPU time (`bench.procfs`), and ended children's."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ import subprocess
 import sys
 import time
 
-from bench.bench_service import children, children_cpu_seconds, cpu_seconds
+from bench.bench_service import children_cpu_seconds
+from bench.procfs import cpu_seconds, tree
 
 BUSY = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass\ntime.sleep(30)"
 
 
-def test_cpu_seconds_reads_a_process_cpu_time_and_children_finds_it() -> None:
+def test_cpu_seconds_reads_a_process_cpu_time_and_tree_finds_it() -> None:
     child = subprocess.Popen([sys.executable, "-c", BUSY])
     try:
         deadline = time.monotonic() + 20
@@ -22,8 +23,8 @@ def test_cpu_seconds_reads_a_process_cpu_time_and_children_finds_it() -> None:
         assert 0.3 <= used < 2.0  # it burnt 0.3 s of CPU, then sleeps
         time.sleep(0.2)
         assert cpu_seconds(child.pid) - used < 0.05  # asleep: no more
-        assert child.pid in children(os.getpid())
-        assert children(child.pid) == []
+        assert child.pid in tree(os.getpid())[1:]
+        assert tree(child.pid) == [child.pid]
     finally:
         child.kill()
         child.wait()

@@ -44,6 +44,7 @@ from model import registry
 from model import train as tr
 from model.data import load_features
 from model.portable import PortableModel
+from serving.metrics import FLUSH_SECONDS
 from serving.store import OnlineStore
 from tests.redis_servers import RedisServer, free_port
 from tests.synthetic import synthetic_features
@@ -247,11 +248,13 @@ def main() -> int:
         masters = {service_port: processes[0].pid, trivial_port: processes[1].pid}
         assert server.process is not None
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+        time.sleep(FLUSH_SECONDS + 0.5)  # the warm-up's runs in the metrics of every worker
         model_before = model_runs(service_port)
         for _ in range(args.rounds):
             for name, (path, port) in targets.items():
                 runs[name].append(measured_run(path, port, args.clients, args.seconds, args.connections,
                                                masters[port], server.process.pid))  # fmt: skip
+        time.sleep(FLUSH_SECONDS + 0.5)  # every worker's last runs in the metrics
         under_load = {key: after - model_before[key] for key, after in model_runs(service_port).items()}
     finally:
         for process in processes:

@@ -38,6 +38,13 @@ def on_starting(server):
     metrics_dir.mkdir(parents=True)
 
 
+def worker_exit(server, worker):
+    """The worker's last answers into its metrics file (they are written there at least every second)."""
+    from serving import metrics
+
+    metrics.flush()
+
+
 def child_exit(server, worker):
     from prometheus_client import multiprocess
 

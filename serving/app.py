@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 import threading
 import time
 import weakref
@@ -23,7 +24,7 @@ from typing import Any, TypeVar
 import flask_swagger_ui
 import orjson
 import redis
-from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_from_directory
+from flask import Blueprint, Flask, Request, Response, current_app, jsonify, request, send_from_directory
 from flask.json.provider import DefaultJSONProvider
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
@@ -41,6 +42,7 @@ from serving.scoring import (
     ApplicationRefused,
     ModelCache,
     Scorer,
+    VersionModel,
     answers,
     prepare,
     score_directly,
@@ -93,8 +95,9 @@ class ServiceApp(Flask):
 
     @staticmethod
     def _observe(status: int, started: float) -> None:
-        rule = request.url_rule
-        metrics.observe(request.method, rule.rule if rule else "unmatched", status, time.perf_counter() - started)
+        current = request._get_current_object()  # type: ignore[attr-defined]  # one context lookup, not two
+        rule = current.url_rule
+        metrics.observe(current.method, rule.rule if rule else "unmatched", status, time.perf_counter() - started)
 
     def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
         """`func` as Flask runs it, looked up once per function rather than on every request (Flask checks
@@ -120,6 +123,10 @@ class ApiError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
+# The fields a credit-risk answer reads besides the features (and `loan_date`, always read).
+RISK_FIELDS = ("score", "label", "model_version")
+
+
 class StoreHolder:
     """The app's one store, connected on first use so the app starts (and answers 503) while Redis is down.
 
@@ -132,12 +139,32 @@ class StoreHolder:
         self._lock = threading.Lock()
         self.breaker = CircuitBreaker(config["BREAKER_RETRY_SECONDS"])
         self.models = ModelCache()
+        # The fields a client's GET reads: the features, and with the credit risk the score's fields.
+        self.feature_names: tuple[str, ...] = tuple(f.name for f in config["FEATURES"])
+        self.risk_fields = self.feature_names + RISK_FIELDS
+        # The request limits, read here once rather than from the config on each request.
+        self.max_body: int = config["MAX_CONTENT_LENGTH"] if config["MAX_CONTENT_LENGTH"] is not None else sys.maxsize
+        self.batch_limit: int = config["BATCH_LIMIT"]
         # Under gevent, the applications scored at the same moment share one run of their model.
         self.scorer: Scorer = BatchedScores().scores if gevent_patched() else score_directly
 
     def run(self, action: Callable[[OnlineStore], T]) -> T:
         """`action(store)`, or RedisUnavailable at once while the breaker is open."""
         return self.breaker.call(lambda: action(self.get()))
+
+    def read(self, client_id: int, fields: tuple[str, ...]) -> tuple[str, dict[str, Any] | None]:
+        """`OnlineStore.read` through the breaker: the path of every GET of a client, with no closure on it."""
+        return self.breaker.call(self._read, client_id, fields)
+
+    def _read(self, client_id: int, fields: tuple[str, ...]) -> tuple[str, dict[str, Any] | None]:
+        return (self._store or self.get()).read(client_id, fields)
+
+    def model(self, version: str) -> VersionModel:
+        """The version's model (loaded from the store on first use) through the breaker."""
+        return self.breaker.call(self._model, version)
+
+    def _model(self, version: str) -> VersionModel:
+        return self.models.get(self._store or self.get(), version)
 
     def preload(self, every: float) -> None:
         """Load the active version's model as soon as it is published, off the request path (a thread that
@@ -189,14 +216,13 @@ def parse_client_id(text: str) -> int:
     raise ApiError(400, "invalid_client_id", f"client id must be a whole number in 1 .. 2^63-1, got {shown!r}")
 
 
-def features_answer(client_id: int, version: str, record: dict[str, Any]) -> dict[str, Any]:
-    names = current_app.config["FEATURE_NAMES"]
+def features_answer(client_id: int, version: str, record: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
     return {"client_id": client_id, "loan_date": record["loan_date"], "version": version,
             "features": {name: record.get(name) for name in names}}  # fmt: skip
 
 
-def risk_answer(client_id: int, version: str, record: dict[str, Any]) -> dict[str, Any]:
-    return {**features_answer(client_id, version, record), "score": record["score"], "label": record["label"],
+def risk_answer(client_id: int, version: str, record: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    return {**features_answer(client_id, version, record, names), "score": record["score"], "label": record["label"],
             "model_version": record["model_version"]}  # fmt: skip
 
 
@@ -205,17 +231,20 @@ def store() -> StoreHolder:
     return holder
 
 
-# The fields each answer reads (one HMGET), besides the features and `loan_date`.
-RISK_FIELDS = ("score", "label", "model_version")
-
-
-def read_client(raw_id: str, extra: tuple[str, ...] = ()) -> tuple[int, str, dict[str, Any]]:
+def read_client(raw_id: str, risk: bool = False) -> tuple[int, str, dict[str, Any], tuple[str, ...]]:
+    """The client's id, the active version, the client's record in it (the features, and the score with
+    `risk`), and the feature names; a 404 for a client the version does not hold."""
     client_id = parse_client_id(raw_id)
-    fields = current_app.config["FEATURE_NAMES"] + extra
-    version, record = store().run(lambda s: s.read(client_id, fields))
+    holder = store()
+    version, record = holder.read(client_id, holder.risk_fields if risk else holder.feature_names)
     if record is None:
         raise ApiError(404, "unknown_client", f"client {client_id} is not in the published version {version}")
-    return client_id, version, record
+    return client_id, version, record, holder.feature_names
+
+
+def answer(obj: Any) -> Response:
+    """A 200 JSON answer, made directly: `jsonify` finds the app's JSON provider through the app context first."""
+    return Response(orjson.dumps(obj), content_type="application/json")
 
 
 api = Blueprint("api", __name__)
@@ -224,28 +253,40 @@ api = Blueprint("api", __name__)
 @api.get("/online_feature_store/client_id=<raw_id>")
 @api.get("/v1/clients/<raw_id>/features")
 def features(raw_id: str) -> Response:
-    return jsonify(features_answer(*read_client(raw_id)))
+    return answer(features_answer(*read_client(raw_id)))
 
 
 @api.get("/credit_risk/client_id=<raw_id>")
 @api.get("/v1/clients/<raw_id>/credit-risk")
 def credit_risk(raw_id: str) -> Response:
-    return jsonify(risk_answer(*read_client(raw_id, RISK_FIELDS)))
+    return answer(risk_answer(*read_client(raw_id, risk=True)))
 
 
-def json_body(expected: str) -> Any:
+def json_body(expected: str, limit: int) -> Any:
     """The request's JSON body, else a 400 `invalid_body` saying what was expected."""
-    if not request.is_json:
+    current = request._get_current_object()  # type: ignore[attr-defined]  # one context lookup, not two
+    if not current.is_json:
         raise ApiError(400, "invalid_body", f"the body must be JSON (Content-Type: application/json): {expected}")
     try:
-        return orjson.loads(request.get_data())
+        return orjson.loads(body_of(current, limit))
     except orjson.JSONDecodeError:  # also a body nested deeper than the parser goes
         raise ApiError(400, "invalid_body", f"the body is not valid JSON: {expected}") from None
 
 
-def validated(model: type[M], body: Any, expected: str, batch: str | None = None) -> M:
-    """The body as `model`, else a 400 naming the field (`batch_too_large` past the batch limit)."""
-    limit = current_app.config["BATCH_LIMIT"]
+def body_of(current: Request, limit: int) -> bytes:
+    """The request's body. One of a declared length within `limit` (MAX_CONTENT_LENGTH) is read from the WSGI
+    input at once: werkzeug's reader (a limited stream wrapped around it, the limit looked up in the app's
+    config again) costs a small request about 40 Python calls more. Any other (chunked, too large: a 413)
+    goes through werkzeug."""
+    environ = current.environ
+    declared = environ.get("CONTENT_LENGTH", "")
+    if declared.isdigit() and int(declared) <= limit:
+        return bytes(environ["wsgi.input"].read(int(declared)))
+    return current.get_data()
+
+
+def validated(model: type[M], body: Any, expected: str, batch: str | None = None, limit: int = 0) -> M:
+    """The body as `model`, else a 400 naming the field (`batch_too_large` past `limit` items in `batch`)."""
     if batch and isinstance(body, dict) and isinstance(body.get(batch), list) and len(body[batch]) > limit:
         raise ApiError(
             400, "batch_too_large", f"{len(body[batch])} {batch.replace('_', ' ')}; at most {limit} per request"
@@ -260,11 +301,14 @@ def validated(model: type[M], body: Any, expected: str, batch: str | None = None
 
 @api.post("/v1/credit-risk/batch")
 def credit_risk_batch() -> Response:
-    body = json_body('{"client_ids": [1, 2, ...]}')
-    ids = validated(schemas.BatchRequest, body, '{"client_ids": [1, 2, ...]}', batch="client_ids").client_ids
-    fields = current_app.config["FEATURE_NAMES"] + RISK_FIELDS
-    version, records = store().run(lambda s: s.read_many(ids, fields))
-    results = [risk_answer(i, version, r) if r else {"client_id": i, "error": "not_found"}
+    holder = store()
+    body = json_body('{"client_ids": [1, 2, ...]}', holder.max_body)
+    ids = validated(
+        schemas.BatchRequest, body, '{"client_ids": [1, 2, ...]}', "client_ids", holder.batch_limit
+    ).client_ids
+    version, records = holder.run(lambda s: s.read_many(ids, holder.risk_fields))
+    names = holder.feature_names
+    results = [risk_answer(i, version, r, names) if r else {"client_id": i, "error": "not_found"}
                for i, r in zip(ids, records, strict=True)]  # fmt: skip
     return jsonify({"version": version, "results": results})
 
@@ -274,22 +318,23 @@ APPLICATION = '{"client_id": 1, "application_date": "2021-01-15"} (and birthday,
 
 @api.post("/v1/applications/credit-risk")
 def application_credit_risk() -> Response:
-    application = validated(schemas.ApplicationRequest, json_body(APPLICATION), APPLICATION)
     holder = store()
-    version, record = holder.run(lambda s: s.read(application.client_id, HISTORY_FIELDS))
+    application = validated(schemas.ApplicationRequest, json_body(APPLICATION, holder.max_body), APPLICATION)
+    version, record = holder.read(application.client_id, HISTORY_FIELDS)
     prepared = prepare(version, application.client_id, record, application, utc_today)
-    model = holder.run(lambda s: holder.models.get(s, version))
-    return jsonify(answers(model, [prepared], holder.scorer)[0])
+    model = holder.model(version)
+    return answer(answers(model, [prepared], holder.scorer)[0])
 
 
 @api.post("/v1/applications/credit-risk/batch")
 def application_credit_risk_batch() -> Response:
     expected = '{"applications": [' + APPLICATION + ", ...]}"
-    batch = validated(schemas.ApplicationBatchRequest, json_body(expected), expected, batch="applications")
     holder = store()
+    body = json_body(expected, holder.max_body)
+    batch = validated(schemas.ApplicationBatchRequest, body, expected, "applications", holder.batch_limit)
     ids = [a.client_id for a in batch.applications]
     version, records = holder.run(lambda s: s.read_many(ids, HISTORY_FIELDS))  # one pipelined round trip
-    model = holder.run(lambda s: holder.models.get(s, version))
+    model = holder.model(version)
     prepared: list[Application | ApplicationRefused] = []
     for application, record in zip(batch.applications, records, strict=True):
         try:

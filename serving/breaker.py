@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis
 
@@ -51,12 +51,12 @@ class CircuitBreaker:
     def is_open(self) -> bool:
         return self._opened_at is not None
 
-    def call(self, action: Callable[[], T]) -> T:
-        """Run `action` unless the breaker is open and it is not time for a trial (RedisUnavailable)."""
+    def call(self, action: Callable[..., T], *args: Any) -> T:
+        """`action(*args)` unless the breaker is open and it is not time for a trial (RedisUnavailable)."""
         if self._opened_at is not None and not self._trial():
             raise RedisUnavailable(f"Redis was unreachable ({self._cause}); retrying every {self.retry_seconds} s")
         try:
-            result = action()
+            result = action(*args)
         except UNREACHABLE as exc:
             self._trip(exc)
             raise

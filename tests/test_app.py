@@ -9,7 +9,9 @@ import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram, generate_latest
 
+from serving import metrics
 from serving.app import create_app
 from serving.breaker import CircuitBreaker, RedisUnavailable
 from serving.store import OnlineStore
@@ -303,6 +305,38 @@ def test_app_costs_one_hmget_per_request_and_one_round_trip_per_batch(
 
 def metric(text: str, prefix: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+
+
+def test_metrics_latencies_added_in_one_update_read_as_one_observation_each() -> None:
+    """The flush adds a worker's latencies to the histogram bucket by bucket: the page shows what one
+    `observe` per answer would (bucket edges included: a value equal to a bound is in that bound's bucket)."""
+    bounds = (0.001, 0.01, 0.1)
+    values = [0.0, 0.0005, 0.001, 0.0010001, 0.01, 0.05, 0.1, 0.2, 7.0, 0.003]
+    one_by_one, at_once = CollectorRegistry(), CollectorRegistry()
+    expected = Histogram("latency", "x", ["endpoint"], buckets=bounds, registry=one_by_one)
+    for value in values:
+        expected.labels("/a").observe(value)
+    added = Histogram("latency", "x", ["endpoint"], buckets=bounds, registry=at_once)
+    metrics._observe_many(added.labels("/a"), values)
+
+    def page(registry: CollectorRegistry) -> list[str]:  # without the creation times
+        return [line for line in generate_latest(registry).decode().splitlines() if "_created" not in line]
+
+    assert page(at_once) == page(one_by_one)
+    assert 'latency_bucket{endpoint="/a",le="0.001"} 3.0' in page(at_once)
+
+
+def test_app_metrics_written_by_the_flusher_without_a_page(client: FlaskClient) -> None:
+    """A process's answers reach the metrics within FLUSH_SECONDS with no page rendered (another worker's
+    page reads them from its file)."""
+    prefix = 'credit_api_requests_total{endpoint="/v1/clients/<raw_id>/features",method="GET",status="200"}'
+    metrics.flush()  # the earlier tests' answers
+    before = metric(generate_latest(REGISTRY).decode(), prefix)
+    client.get("/v1/clients/7/features")
+    deadline = time.monotonic() + metrics.FLUSH_SECONDS + 3
+    while metric(generate_latest(REGISTRY).decode(), prefix) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert metric(generate_latest(REGISTRY).decode(), prefix) == before + 1
 
 
 def test_app_metrics_count_requests_latency_and_errors_with_bounded_labels(client: FlaskClient) -> None:

@@ -20,6 +20,7 @@ from contract import FEATURE_NAMES
 from model import registry
 from model import train as tr
 from model.portable import PortableModel
+from serving.metrics import FLUSH_SECONDS
 from serving.store import OnlineStore
 from tests.conftest import ModelRun
 from tests.helpers import ROOT, Http, background
@@ -269,11 +270,18 @@ def test_http_metrics_add_up_every_worker(service: Service) -> None:
         prefix = 'credit_api_requests_total{endpoint="/health",method="GET",status="200"}'
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
 
+    time.sleep(FLUSH_SECONDS + 0.5)  # every worker's earlier answers written
     before, per_worker_before = count(service.get("/metrics")[1]), worker_counts(service, "/health", "GET", "200")
     for _ in range(200):  # new connections, spread over both workers by the kernel
         assert service.get("/health")[0] == 200
-    text = service.get("/metrics")[1]
-    per_worker = worker_counts(service, "/health", "GET", "200")
+    # Each worker writes its answers at least every FLUSH_SECONDS; the one rendering the page, its own at once.
+    deadline = time.monotonic() + FLUSH_SECONDS + 3
+    while True:
+        text = service.get("/metrics")[1]
+        per_worker = worker_counts(service, "/health", "GET", "200")
+        if count(text) == before + 200 == sum(per_worker.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     answered = {pid: per_worker[pid] - per_worker_before.get(pid, 0) for pid in per_worker}
     assert count(text) == before + 200 == sum(per_worker.values())
     assert len([pid for pid, n in answered.items() if n > 0]) == 2, answered  # both workers answered

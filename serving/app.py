@@ -471,7 +471,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         app.config.from_mapping(test_config)
     if app.config["REDIS_URL"]:  # a malformed URL stops the start-up; an unreachable Redis gives 503s
         check_url(app.config["REDIS_URL"])
-    app.config["FEATURE_NAMES"] = tuple(f.name for f in app.config["FEATURES"])
     app.config["OPENAPI"] = schemas.openapi(app.config["BATCH_LIMIT"], app.config["FEATURES"])
     app.extensions[STORE] = holder = StoreHolder(app.config)
     if app.config["MODEL_PRELOAD_SECONDS"] > 0:

@@ -105,10 +105,10 @@ def flush() -> int:
 def _observe_many(histogram: Any, observed: Sequence[float]) -> None:
     """`histogram.observe(x)` for each x, with one update of each bucket and of the sum (prometheus_client has
     no public call for it; a test checks the result against `observe`)."""
-    bounds = histogram._upper_bounds
+    bounds = histogram._upper_bounds  # the last is +Inf: every duration falls in a bucket
     buckets = [0] * len(bounds)
     for seconds in observed:
-        buckets[min(bisect.bisect_left(bounds, seconds), len(bounds) - 1)] += 1
+        buckets[bisect.bisect_left(bounds, seconds)] += 1
     histogram._sum.inc(sum(observed))
     for value, count in zip(histogram._buckets, buckets, strict=True):
         if count:

@@ -127,7 +127,7 @@ class Codec:
         self._parsers: dict[str, Callable[[str], Any]] = {
             name: kind if kind in (int, float) else str for name, kind in self.types.items()
         }
-        self._read_parsers: dict[Sequence[str], tuple[tuple[str, Callable[[str], Any]], ...]] = {}
+        self._read_parsers: dict[tuple[str, ...], tuple[tuple[str, Callable[[str], Any]], ...]] = {}
 
     @classmethod
     def for_features(cls, features: Sequence[Feature] = FEATURES) -> Codec:
@@ -155,14 +155,14 @@ class Codec:
         parse = self._parsers
         return {name: parse.get(name, str)(text) for name, text in fields.items()}
 
-    def decode_values(self, names: Sequence[str], values: Sequence[str | None]) -> dict[str, Any]:
+    def decode_values(self, names: tuple[str, ...], values: Sequence[str | None]) -> dict[str, Any]:
         """The values of named fields (an HMGET's answer) as `decode` types them; absent fields are left out."""
         parsers = self._read_parsers.get(names)
         if parsers is None:  # the field lists a service reads are few: each one's parsers are kept (64 at most)
             parse = self._parsers
             parsers = tuple((name, parse.get(name, str)) for name in names)
             if len(self._read_parsers) < 64:
-                self._read_parsers[tuple(names)] = parsers
+                self._read_parsers[names] = parsers
         return {name: parse(text) for (name, parse), text in zip(parsers, values, strict=True) if text is not None}
 
     def encode_columns(self, frame: pd.DataFrame, names: Sequence[str]) -> Iterator[tuple[int, list[str]]]:

@@ -135,6 +135,7 @@ class RedisSettings:
 class ServiceSettings:
     batch_limit: int
     breaker_retry_seconds: float
+    hot_routes: bool
 
     def __post_init__(self) -> None:
         _at_least_one("service", self, "batch_limit")
@@ -198,6 +199,12 @@ def _convert(where: str, value: Any, kind: Any) -> Any:
             return int(str(value).strip())
         except ValueError:
             raise SettingsError(f"{where}: expected a whole number, got {value!r}") from None
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        raise SettingsError(f"{where}: expected true or false, got {value!r}")
     if kind is float:
         if isinstance(value, bool):
             raise SettingsError(f"{where}: expected a number, got {value!r}")

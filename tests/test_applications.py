@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from flask import Flask, Response, request
 from flask.testing import FlaskClient
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
@@ -418,3 +419,90 @@ def test_applications_equal_the_feature_job_on_a_hypothetical_loan_and_the_model
     scores = np.array([a["score"] for a in answers])
     assert np.max(np.abs(scores - expected_scores)) < 1e-5
     assert [a["label"] for a in answers] == [int(s >= card["threshold"]["value"]) for s in scores]
+
+
+# Requests to the hot routes' paths: (method, path, body, content type, answered in front of Flask).
+APPLY = "/v1/applications/credit-risk"
+HOT_ROUTE_REQUESTS = [
+    ("GET", "/v1/clients/7/features", None, None, True),
+    ("GET", "/online_feature_store/client_id=7", None, None, True),
+    ("GET", "/v1/clients/8/credit-risk", None, None, True),
+    ("GET", "/credit_risk/client_id=0007?x=1", None, None, True),
+    ("GET", "/v1/clients/404404/features", None, None, True),  # 404
+    ("GET", "/v1/clients/9223372036854775808/credit-risk", None, None, False),  # 400
+    ("GET", "/v1/clients/abc/features", None, None, False),  # 400
+    ("GET", "/v1/clients/7/features/", None, None, False),  # 404
+    ("GET", "/v1/clients//features", None, None, False),
+    ("GET", "/v1/clients/7/x/features", None, None, False),
+    ("HEAD", "/v1/clients/7/features", None, None, False),
+    ("DELETE", "/v1/clients/7/features", None, None, False),  # 405
+    ("POST", APPLY, '{"client_id": 7, "application_date": "2021-05-10"}', "application/json", True),
+    ("POST", APPLY, '{"client_id": 99, "birthday": "2000-02-29", "flag_own_car": "Y"}', "application/json", True),
+    ("POST", APPLY, '{"client_id": 99}', "application/json", True),  # 404
+    ("POST", APPLY, '{"client_id": 7, "application_date": "2020-02-29"}', "application/json", True),  # 422
+    ("POST", APPLY, '{"client_id": 7, "birthday": "2001-02-30"}', "application/json", True),  # 400
+    ("POST", APPLY, '{"client_id": 7, "salary": 1}', "application/json", True),  # 400: unknown field
+    ("POST", APPLY, "nope", "application/json", True),  # 400: not JSON
+    ("POST", APPLY, '{"client_id": 7}', "Application/JSON; charset=utf-8", True),
+    ("POST", APPLY, '{"client_id": 7}', "application/vnd.credit+json", False),
+    ("POST", APPLY, '{"client_id": 7}', "text/plain", False),  # 400
+    ("POST", APPLY + "/", '{"client_id": 7}', "application/json", False),  # 404
+    ("GET", APPLY, None, None, False),  # 405
+]
+
+
+def flask_dispatches(app: Flask) -> list[str]:
+    """The paths the app answers through Flask's dispatch from now on."""
+    seen: list[str] = []
+    dispatch = app.full_dispatch_request
+
+    def counted() -> Response:
+        seen.append(request.path)
+        return dispatch()
+
+    app.full_dispatch_request = counted  # type: ignore[method-assign]
+    return seen
+
+
+def exchange(app: Flask, method: str, path: str, body: str | None, content_type: str | None) -> tuple:
+    answer = app.test_client().open(path, method=method, data=body, content_type=content_type)
+    return answer.status, sorted(answer.headers.items()), answer.get_data()
+
+
+@pytest.mark.parametrize(("method", "path", "body", "content_type", "hot"), HOT_ROUTE_REQUESTS)
+def test_hot_routes_answer_exactly_as_flask_does(
+    redis_url: str, model_run: ModelRun, method: str, path: str, body: str | None, content_type: str | None, hot: bool
+) -> None:
+    """The same request to the app with and without its hot routes: the same status line, headers and bytes;
+    answered in front of Flask exactly when the route, id and body are the hot routes' own."""
+    publish_with_model(redis_url, "v1", HISTORY, model_run)
+    fast, slow = create_app(app_config(redis_url)), create_app(app_config(redis_url, HOT_ROUTES=False))
+    through_flask, always_flask = flask_dispatches(fast), flask_dispatches(slow)
+    assert exchange(fast, method, path, body, content_type) == exchange(slow, method, path, body, content_type)
+    assert len(always_flask) == 1 and len(through_flask) == (0 if hot else 1)
+
+
+@pytest.mark.parametrize("problem", ["redis_down", "not_published", "unexpected"])
+def test_hot_routes_answer_a_failure_exactly_as_flask_does(
+    redis_url: str, redis_server: RedisServer, model_run: ModelRun, problem: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    publish_with_model(redis_url, "v1", HISTORY, model_run)
+    config = app_config(redis_url, REDIS_PREFIX="unpublished" if problem == "not_published" else "credit")
+    fast, slow = create_app(config), create_app({**config, "HOT_ROUTES": False})
+    if problem == "redis_down":
+        redis_server.stop()
+    if problem == "unexpected":  # a bug in the read, not Redis's behaviour
+        for app in (fast, slow):
+            app.extensions["credit_store"].read = lambda *args: 1 / 0
+    code = {"redis_down": "redis_unavailable", "not_published": "not_published", "unexpected": "internal_error"}
+    through_flask = flask_dispatches(fast)
+    for method, path, body in [("GET", "/v1/clients/7/credit-risk", None), ("POST", APPLY, '{"client_id": 7}')]:
+        answer = exchange(fast, method, path, body, "application/json")
+        assert answer == exchange(slow, method, path, body, "application/json")
+        assert json.loads(answer[2])["error"]["code"] == code[problem]
+        assert answer[0] == ("500 INTERNAL SERVER ERROR" if problem == "unexpected" else "503 SERVICE UNAVAILABLE")
+        assert (("Retry-After", "1") in answer[1]) == (problem == "redis_down")
+    assert through_flask == []
+    if problem == "unexpected":  # logged with its stack trace, by either path
+        logged = [r for r in caplog.records if r.getMessage().startswith("unexpected error on")]
+        assert len(logged) == 4 and all(r.exc_info for r in logged)

@@ -70,11 +70,19 @@ def test_settings_redis_url_comes_from_redis_url_first() -> None:
         ({"CREDIT_FEATURES_MAX_RECORD_LINES": "0"}, r"\[features\] max_record_lines: expected at least 1"),
         ({"CREDIT_MODEL_CLASSIFIER_N_ESTIMATORS": "0"}, r"\[model.classifier\] n_estimators: expected at least 1"),
         ({"CREDIT_MODEL_CLASSIFIER_MAX_DEPTH": "deep"}, "CREDIT_MODEL_CLASSIFIER_MAX_DEPTH: expected a whole number"),
+        ({"CREDIT_SERVICE_HOT_ROUTES": "yes"}, "CREDIT_SERVICE_HOT_ROUTES: expected true or false, got 'yes'"),
+        ({"CREDIT_SERVICE_HOT_ROUTES": "1"}, "CREDIT_SERVICE_HOT_ROUTES: expected true or false"),
     ],
 )
 def test_settings_reject_bad_redis_and_service_values(env: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         load_settings(env=env)
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, True), ("false", False), (" FALSE ", False), ("True", True)])
+def test_settings_a_flag_is_true_or_false(value: str | None, expected: bool) -> None:
+    env = {} if value is None else {"CREDIT_SERVICE_HOT_ROUTES": value}
+    assert load_settings(env=env).service.hot_routes is expected
 
 
 def test_settings_a_table_within_a_section_is_read_and_overridden(tmp_path: Path) -> None:

@@ -475,30 +475,29 @@ def unexpected_problem(method: str, path: str) -> tuple[int, dict[str, Any], dic
     return 500, error_body("internal_error", "unexpected error; it was logged"), {}
 
 
-def _error(status: int, code: str, message: str) -> tuple[Response, int]:
-    return jsonify(error_body(code, message)), status
+def error_response(status: int, body: dict[str, Any], headers: Mapping[str, str]) -> Response:
+    return Response(orjson.dumps(body), status=status, headers=dict(headers), content_type=JSON)
 
 
 def register_errors(app: Flask) -> None:
     def known_error(exc: Exception) -> Response:
-        status, body, headers = problem(exc)
-        return Response(orjson.dumps(body), status=status, headers=headers, content_type=JSON)
+        return error_response(*problem(exc))
 
     for kind in KNOWN_ERRORS:
         app.register_error_handler(kind, known_error)
 
     @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException) -> tuple[Response, int]:
-        response, status = _error(exc.code or 500, exc.name.lower().replace(" ", "_"), exc.description or exc.name)
+    def http_error(exc: HTTPException) -> Response:
+        code = exc.name.lower().replace(" ", "_")
+        response = error_response(exc.code or 500, error_body(code, exc.description or exc.name), {})
         for name, value in exc.get_response().headers.items():  # keeps Allow on a 405
             if name.lower() not in ("content-type", "content-length"):
                 response.headers[name] = value
-        return response, status
+        return response
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:
-        status, body, headers = unexpected_problem(request.method, request.path)
-        return Response(orjson.dumps(body), status=status, headers=headers, content_type=JSON)
+        return error_response(*unexpected_problem(request.method, request.path))
 
 
 # A status line as werkzeug writes it, by status.

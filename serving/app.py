@@ -77,6 +77,11 @@ class AnswerJSON(DefaultJSONProvider):
         return Response(response=orjson.dumps(obj), mimetype=self.mimetype)
 
 
+# The app's hooks that run around a request's view in Flask's dispatch, which the hot routes skip.
+REQUEST_HOOKS = ("before_request_funcs", "after_request_funcs", "teardown_request_funcs", "url_value_preprocessors",
+                 "teardown_appcontext_funcs")  # fmt: skip
+
+
 class ServiceApp(Flask):
     json_provider_class = AnswerJSON
 
@@ -88,10 +93,19 @@ class ServiceApp(Flask):
     def wsgi_app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         """The hot routes' requests answered in front of Flask's dispatch (see `HotRoutes`); all others by Flask."""
         if self.hot is not None:
-            answered = self.hot(environ, start_response)
-            if answered is not None:
-                return answered
+            if self.request_hooks():  # the hot routes would skip them: every request goes through Flask
+                log.warning("hot routes off: the app has request hooks (%s), which they would skip",
+                            ", ".join(self.request_hooks()))  # fmt: skip
+                self.hot = None
+            else:
+                answered = self.hot(environ, start_response)
+                if answered is not None:
+                    return answered
         return super().wsgi_app(environ, start_response)
+
+    def request_hooks(self) -> list[str]:
+        """The kinds of hook registered that Flask runs around a request's view (none, unless one is added)."""
+        return [kind for kind in REQUEST_HOOKS if getattr(self, kind)]
 
     def full_dispatch_request(self) -> Response:
         """The answer, counted in the metrics by method, route template (never a raw path), status and time.
@@ -514,7 +528,8 @@ class HotRoutes:
     errors are answered by the same `problem`, and it is counted in the same metrics under the same route
     template. Anything else (another method or path, an id that is not a whole number, a body that is not
     `application/json` of a declared length within the limit) is left untouched to Flask, which answers it as
-    before.
+    before. An app given a request hook (`before_request` and the like, which the app itself has none of)
+    sends every request through Flask from then on, saying so in the log.
     """
 
     def __init__(self, holder: StoreHolder) -> None:

@@ -506,3 +506,21 @@ def test_hot_routes_answer_a_failure_exactly_as_flask_does(
     if problem == "unexpected":  # logged with its stack trace, by either path
         logged = [r for r in caplog.records if r.getMessage().startswith("unexpected error on")]
         assert len(logged) == 4 and all(r.exc_info for r in logged)
+
+
+def test_hot_routes_give_way_to_a_request_hook(redis_url: str, model_run: ModelRun, caplog: pytest.LogCaptureFixture
+                                               ) -> None:  # fmt: skip
+    """A hook added to the app (which has none of its own) runs on every request: the hot routes would skip it,
+    so they stop, once, and say so."""
+    publish_with_model(redis_url, "v1", HISTORY, model_run)
+    app = create_app(app_config(redis_url))
+    client = app.test_client()
+    assert client.get("/v1/clients/7/features").status_code == 200
+    seen: list[str] = []
+    app.before_request(lambda: seen.append(request.path))
+    for path in ("/v1/clients/7/features", "/v1/clients/8/credit-risk"):
+        assert client.get(path).status_code == 200
+    assert client.post(APPLY, json={"client_id": 7}).status_code == 200
+    assert seen == ["/v1/clients/7/features", "/v1/clients/8/credit-risk", APPLY]
+    stopped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("hot routes off")]
+    assert stopped == ["hot routes off: the app has request hooks (before_request_funcs), which they would skip"]

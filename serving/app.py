@@ -529,7 +529,8 @@ class HotRoutes:
     template. Anything else (another method or path, an id that is not a whole number, a body that is not
     `application/json` of a declared length within the limit) is left untouched to Flask, which answers it as
     before. An app given a request hook (`before_request` and the like, which the app itself has none of)
-    sends every request through Flask from then on, saying so in the log.
+    sends every request through Flask from then on, saying so in the log. Flask's request signals
+    (`request_started` and the like, which nothing in the service listens to) are not sent for their answers.
     """
 
     def __init__(self, holder: StoreHolder) -> None:

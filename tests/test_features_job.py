@@ -539,6 +539,9 @@ ROUTE_LINES = [
     csv_line("", "58", "2020-01-01", "100"), csv_line("", "58", "2020-01-01", "200"),  # no loan_id, different
     csv_line("10", "59", "2020-01-01", "100"), csv_line("10", "59", "2020-01-01", "100"),
     csv_line("10", "59", "2020-01-01", "100"),  # three copies
+    # Lone rows padded with tabs and spaces (trimmed) and with a vertical tab (not trimmed: no id).
+    csv_line("\t11 ", " \t60\t", "2020-01-01\t", "\t150", birthday="\t1990-03-01 ", flag_own_car=" \ty", status="1\t"),
+    csv_line("12", "\x0b61", "2020-01-01", "100"),
 ]  # fmt: skip
 
 
@@ -563,15 +566,16 @@ def test_job_routes_every_row_to_the_contracts_outcome(
     assert {r.loan_id: tuple(r) for r in features.collect()} == truth.features
     assert sorted((tuple(r) for r in quarantine.collect()), key=repr) == sorted(truth.quarantine, key=repr)
     assert {k: report[k] for k in truth.report} == truth.report
-    assert sorted(truth.features) == [1, 2, 3, 5, 6, 10]  # the cases mean what they say
+    assert sorted(truth.features) == [1, 2, 3, 5, 6, 10, 11]  # the cases mean what they say
+    assert truth.features[11][3:] == (0, None, 29, 9, 1, 1)  # padded: every value read
     assert report["duplicates_dropped"] == 6
     assert report["rejected_by_reason"] == {
-        "malformed_record": 2, "invalid_id": 0, "invalid_loan_id": 4, "invalid_loan_date": 2,
+        "malformed_record": 2, "invalid_id": 1, "invalid_loan_id": 4, "invalid_loan_date": 2,
         "invalid_loan_amount": 0, "invalid_status": 1, "future_loan_date": 0, "duplicate_loan_id": 3,
     }  # fmt: skip
-    assert {r.id: r.loans for r in clients.collect()} == {50: 3, 52: 1, 53: 1, 59: 1}
+    assert {r.id: r.loans for r in clients.collect()} == {50: 3, 52: 1, 53: 1, 59: 1, 60: 1}
     taken = "every row compared whole" if route == "plain" else "only those compared whole"
-    assert f"7 held by more than one row, 15 rows of about 24: {taken}" in caplog.text
+    assert f"7 held by more than one row, 15 rows of about 26: {taken}" in caplog.text
 
 
 BACKWARDS = tuple(reversed(RAW_COLUMNS))  # loan_id last, after values that hold commas and quotes

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 from pyspark.testing import assertDataFrameEqual
 
-from contract import OUTPUT_COLUMNS, RAW_COLUMNS
+from contract import OUTPUT_COLUMNS, RAW_COLUMNS, TRIMMED
 from spark_jobs import features as fj
 
 RAW_SCHEMA = StructType([StructField(c, StringType()) for c in (*RAW_COLUMNS, "raw_record")])
@@ -61,6 +62,31 @@ def features(spark: SparkSession, *rows: dict[str, Any], as_of: dt.date | None =
 
 def d(text: str) -> dt.date:
     return dt.date.fromisoformat(text)
+
+
+# Padding a value may carry: each character up to U+0020 and DEL, alone, around, inside and mixed, and
+# characters that look blank but are not trimmed (a no-break space, an em space, an ideographic space).
+PADDED_TEXTS = [
+    *(f"{pad}7" for pad in map(chr, [*range(0x21), 0x7F, 0xA0, 0x2003, 0x3000])),
+    *(f"7{pad}" for pad in map(chr, [*range(0x21), 0x7F, 0xA0, 0x2003, 0x3000])),
+    "", " ", "\t", "\r\n", " \t \r\n ", "7", " 7 ", "\t7\t", "\r\n7\r\n", " \t7 7\r ", " \t7 7 ", "7 \t", "\x0b7\x0b",
+    " \x0b ", "\t\x0c\t", "a b", "a\tb", " a\tb\n", "\u00e9 ", "\t\u00e9", None,
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("normalized", [fj.normalized, fj.normalized_in_line])
+def test_normalized_trims_the_contract_s_characters_and_empty_is_null(
+    spark: SparkSession, normalized: Callable[[str], Column]
+) -> None:
+    """Spark's normalized value is the contract's: trimmed of TRIMMED at both ends, nothing else, empty as
+    missing; also by the plain `trim` the job takes for a value read from a line holding no tab."""
+    texts = PADDED_TEXTS if normalized is fj.normalized else [t for t in PADDED_TEXTS if t is None or
+                                                              not {"\r", "\n"} & set(t)]  # fmt: skip
+    frame = spark.createDataFrame([(i, t) for i, t in enumerate(texts)], "i int, text string")
+    got = {r.i: r.text for r in frame.select("i", normalized("text")).collect()}
+    assert got == {i: (t.strip(TRIMMED) or None) if t is not None else None for i, t in enumerate(texts)}
+    assert got[texts.index(" \t7 7 ")] == "7 7"  # inside: kept
+    assert got[texts.index("\x0b7\x0b")] == "\x0b7\x0b"  # not a trimmed character
 
 
 def test_features_first_loan_and_averages_of_earlier_loans(spark: SparkSession) -> None:
